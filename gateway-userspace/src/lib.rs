@@ -1,1 +1,9 @@
-//! Portcullis library.
+//! Portcullis: a kernel-assisted API protection gateway.
+//!
+//! - [`rules`]: the kernel rule model and its compiler into XDP tables (no privileges needed).
+//! - [`kernel`]: loading, adopting, swapping and pinning the XDP program; bans; counters.
+//! - [`config`]: the TOML configuration, parsed raw and compiled into a validated form.
+
+pub mod config;
+pub mod kernel;
+pub mod rules;

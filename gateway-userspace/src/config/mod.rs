@@ -1,0 +1,1 @@
+//! Configuration: raw TOML, compiled into a validated form.

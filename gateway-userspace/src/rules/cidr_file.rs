@@ -1,0 +1,1 @@
+//! Files of one CIDR per line.

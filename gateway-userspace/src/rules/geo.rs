@@ -1,0 +1,1 @@
+//! Countries from an .mmdb.
