@@ -77,8 +77,8 @@ impl Prefix {
                 (addr, if addr.is_ipv4() { 32 } else { 128 })
             }
         };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if len > max {
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        if len > u32::from(max) {
             return Err(PrefixError::Length { len, max });
         }
         let p = Self::new(addr, len as u8)?;
