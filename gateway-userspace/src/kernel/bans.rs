@@ -149,7 +149,7 @@ impl Bans {
     pub fn unban(&mut self, prefix: Prefix) -> Result<bool, KernelError> {
         let existed = match self.map.remove(&ban_key(&prefix)) {
             Ok(()) => true,
-            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(e) if is_not_found(&e) => false,
             Err(e) => return Err(KernelError::map(format!("unbanning {prefix}"), e)),
         };
         self.refresh_lens()?;
@@ -191,7 +191,9 @@ impl Bans {
             .collect();
         for k in &expired {
             match self.map.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                // Removed meanwhile by someone else: the goal is reached.
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(KernelError::map("sweeping expired bans", e)),
             }
         }
@@ -243,6 +245,15 @@ impl Bans {
             }
         }
         Ok(())
+    }
+}
+
+/// A delete of a key that is not there: aya reports it as ENOENT from the syscall.
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 
