@@ -1,1 +1,303 @@
-fn main() {}
+//! The `portcullis` command. Parsing and printing only: every command calls the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use portcullis::config::{self, KernelConfig, LogFormat};
+use portcullis::kernel::{self, BanReason, Bans, Counters, PinLayout};
+use portcullis::rules::{Prefix, table};
+
+/// EX_CONFIG from sysexits.h: the configuration is invalid.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Kernel-assisted API protection gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the config, put its rules into the kernel and keep them current (SIGHUP reloads).
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a config: every error at once with file, line and column; exit 78 if invalid.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Add, remove or list dynamic bans in the kernel.
+    Ban {
+        #[command(subcommand)]
+        action: BanCommand,
+    },
+    /// Kernel counters per verdict and reason, the attached interfaces and their modes.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach the XDP filter from every interface and remove all pinned state (bans included).
+    #[command(alias = "unpin")]
+    Detach {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum BanCommand {
+    /// Ban an address or prefix.
+    Add {
+        /// An address (a host ban) or a CIDR prefix.
+        prefix: String,
+        /// How long the ban lasts (for example 10m, 1h); without it, until removed.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long, value_enum, default_value = "manual")]
+        reason: Reason,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove the ban of exactly this address or prefix.
+    Rm {
+        prefix: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List live bans.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Reason {
+    Manual,
+    AuthFailure,
+    RateLimit,
+    Validation,
+    Cluster,
+}
+
+impl From<Reason> for BanReason {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Manual => BanReason::Manual,
+            Reason::AuthFailure => BanReason::AuthFailure,
+            Reason::RateLimit => BanReason::RateLimit,
+            Reason::Validation => BanReason::Validation,
+            Reason::Cluster => BanReason::Cluster,
+        }
+    }
+}
+
+/// Which pinned state a command works on: `--pin-root`, else the config's, else the default.
+#[derive(Args)]
+struct Target {
+    /// Read `kernel.pin_root` from this config.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The bpffs directory Portcullis pins under.
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    pin_root: Option<PathBuf>,
+}
+
+impl Target {
+    fn pin_root(&self) -> Result<PathBuf, Failure> {
+        if let Some(p) = &self.pin_root {
+            return Ok(p.clone());
+        }
+        match &self.config {
+            Some(path) => Ok(load_config(path)?.kernel.pin_root),
+            None => Ok(KernelConfig::DEFAULT_PIN_ROOT.into()),
+        }
+    }
+}
+
+/// Why a command failed, mapped to an exit code in one place.
+enum Failure {
+    Config(config::ConfigErrors),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+fn load_config(path: &Path) -> Result<config::Config, Failure> {
+    config::load(path).map_err(Failure::Config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(errors)) => {
+            eprintln!("{errors}");
+            let n = errors.len();
+            eprintln!("{n} error{} in the configuration", if n == 1 { "" } else { "s" });
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run { config } => {
+            let loaded = load_config(&config)?;
+            init_logging(&loaded.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(portcullis::daemon::run(&config))?;
+            Ok(())
+        }
+        Command::Check { config } => {
+            let loaded = load_config(&config)?;
+            let compiled = table::compile(&loaded.rules)?;
+            let s = compiled.stats;
+            println!("{}: configuration is valid", config.display());
+            println!(
+                "kernel rules: {} IPv4 and {} IPv6 prefixes -> {} table nodes ({} KiB), {} decisions",
+                s.prefixes_v4,
+                s.prefixes_v6,
+                s.nodes_v4 + s.nodes_v6,
+                s.table_bytes() / 1024,
+                s.decisions
+            );
+            Ok(())
+        }
+        Command::Ban { action } => ban(action),
+        Command::Stats { target, json } => stats(&target.pin_root()?, json),
+        Command::Detach { target } => {
+            let root = target.pin_root()?;
+            let removed = kernel::teardown(&root)?;
+            if removed.is_empty() {
+                println!("nothing pinned under {}", root.display());
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_prefix(s: &str) -> Result<Prefix, Failure> {
+    Ok(s.parse::<Prefix>().with_context(|| format!("`{s}`"))?)
+}
+
+fn ban(action: BanCommand) -> Result<(), Failure> {
+    match action {
+        BanCommand::Add {
+            prefix,
+            ttl,
+            reason,
+            target,
+        } => {
+            let prefix = parse_prefix(&prefix)?;
+            let mut bans = Bans::open(&PinLayout::new(&target.pin_root()?))?;
+            bans.ban(prefix, ttl, reason.into())?;
+            match ttl {
+                Some(t) => println!("banned {prefix} for {}", humantime::format_duration(t)),
+                None => println!("banned {prefix} until removed"),
+            }
+        }
+        BanCommand::Rm { prefix, target } => {
+            let prefix = parse_prefix(&prefix)?;
+            let mut bans = Bans::open(&PinLayout::new(&target.pin_root()?))?;
+            if bans.unban(prefix)? {
+                println!("unbanned {prefix}");
+            } else {
+                return Err(anyhow::anyhow!("{prefix} was not banned").into());
+            }
+        }
+        BanCommand::List { target, json } => {
+            let bans = Bans::open(&PinLayout::new(&target.pin_root()?))?.list()?;
+            if json {
+                let items: Vec<_> = bans
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "prefix": b.prefix.to_string(),
+                            "reason": b.reason.name(),
+                            "remaining_secs": b.remaining.map(|d| d.as_secs_f64()),
+                            "created_unix": b.created_unix,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(items));
+            } else if bans.is_empty() {
+                println!("no bans");
+            } else {
+                println!("{:<44} {:<13} {}", "PREFIX", "REASON", "EXPIRES IN");
+                for b in bans {
+                    let left = b.remaining.map_or("never".to_string(), |d| {
+                        humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+                    });
+                    println!("{:<44} {:<13} {left}", b.prefix.to_string(), b.reason.name());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stats(pin_root: &Path, json: bool) -> Result<(), Failure> {
+    let layout = PinLayout::new(pin_root);
+    let counters = Counters::open(&layout)?.read()?;
+    let attached = kernel::attachments(&layout)?;
+    let generation = kernel::read_meta(&layout, gateway_common::meta::GENERATION)?.unwrap_or(0);
+    if json {
+        let out = serde_json::json!({
+            "generation": generation,
+            "interfaces": attached.iter().map(|a| serde_json::json!({"interface": a.interface, "mode": a.mode.as_str()})).collect::<Vec<_>>(),
+            "counters": counters.iter().map(|c| serde_json::json!({"verdict": c.verdict(), "reason": c.reason(), "packets": c.packets, "bytes": c.bytes})).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("rule generation {generation}");
+    for a in &attached {
+        println!("attached to {} ({} mode)", a.interface, a.mode.as_str());
+    }
+    if attached.is_empty() {
+        println!("not attached to any interface");
+    }
+    println!("{:<8} {:<28} {:>14} {:>16}", "VERDICT", "REASON", "PACKETS", "BYTES");
+    for c in &counters {
+        println!("{:<8} {:<28} {:>14} {:>16}", c.verdict(), c.reason(), c.packets, c.bytes);
+    }
+    Ok(())
+}
+
+fn init_logging(log: &config::LogConfig) {
+    let level: tracing::Level = log.level.into();
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
