@@ -2,6 +2,7 @@
 //! namespaces with veth pairs, and packet builders. Every resource is owned by a guard that
 //! removes it on drop, so a failing test still cleans up.
 
+pub mod mmdb_writer;
 pub mod netns;
 pub mod packets;
 pub mod pins;
@@ -49,4 +50,19 @@ pub fn portcullis_bin() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A file of the shared third-party test data (`PORTCULLIS_TESTDATA`, default
+/// `../shared/testdata` beside the workspace), or `None` with a plain message when absent.
+pub fn shared_testdata(relative: &str) -> Option<std::path::PathBuf> {
+    let root = std::env::var_os("PORTCULLIS_TESTDATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata").into());
+    let path = root.join(relative);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("shared testdata not found at {}, skipping", path.display());
+        None
+    }
 }

@@ -2,9 +2,12 @@
 //! Code runs "inside" a namespace on a thread that has joined it with setns(2), so sockets and
 //! interface lookups made there belong to that namespace.
 
+use std::collections::HashMap;
 use std::fs::File;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// Runs a command, panicking with its output if it fails (test set-up must not half-succeed).
 pub fn run(cmd: &str, args: &[&str]) -> Output {
@@ -122,6 +125,16 @@ impl Link {
             args.extend_from_slice(extra);
             client.ip(&args);
         }
+        // Static neighbours both ways: resolution must not depend on ARP/NDP packets whose
+        // source the filter under test may be dropping.
+        let gw_mac = mac(&gateway, &gateway_if);
+        let client_mac = mac(&client, &client_if);
+        for gw in [GATEWAY_V4, GATEWAY_V6] {
+            client.ip(&["neigh", "replace", gw, "lladdr", &gw_mac, "dev", &client_if, "nud", "permanent"]);
+        }
+        for a in client_addrs {
+            gateway.ip(&["neigh", "replace", a, "lladdr", &client_mac, "dev", &gateway_if, "nud", "permanent"]);
+        }
         Self {
             client,
             gateway,
@@ -129,4 +142,102 @@ impl Link {
             gateway_if,
         }
     }
+
+    /// Sends `count` UDP datagrams from each source address to the gateway and returns how
+    /// many the gateway's socket received from each, waiting `settle` after the last.
+    pub fn udp_exchange(&self, sources: &[IpAddr], count: usize) -> HashMap<IpAddr, usize> {
+        let rx = self.receiver();
+        let senders = self.senders(sources);
+        for _ in 0..count {
+            for (src, sock) in &senders {
+                send_to_gateway(sock, *src, rx.port);
+            }
+        }
+        rx.collect()
+    }
+
+    /// A UDP socket in the gateway namespace, on both families.
+    pub fn receiver(&self) -> Receiver {
+        let socket = self.gateway.enter(|| UdpSocket::bind("[::]:0").expect("bind the gateway socket"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("socket timeout");
+        // A large buffer so a burst is never lost in the socket: losses must be the filter's.
+        let size: libc::c_int = 16 << 20;
+        // SAFETY: setsockopt with a valid fd and an int-sized option value.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let port = socket.local_addr().expect("local address").port();
+        Receiver { socket, port }
+    }
+
+    /// One UDP socket per source address, bound in the client namespace.
+    pub fn senders(&self, sources: &[IpAddr]) -> Vec<(IpAddr, UdpSocket)> {
+        self.client.enter(|| {
+            sources
+                .iter()
+                .map(|a| {
+                    let s = UdpSocket::bind(SocketAddr::new(*a, 0))
+                        .unwrap_or_else(|e| panic!("bind {a} in the client namespace: {e}"));
+                    (*a, s)
+                })
+                .collect()
+        })
+    }
+}
+
+/// Sends one datagram from `sock` (bound to `src`) to the gateway address of its family.
+/// Returns whether the kernel accepted it (a full queue refuses with ENOBUFS).
+pub fn send_to_gateway(sock: &UdpSocket, src: IpAddr, port: u16) -> bool {
+    let dst: IpAddr = if src.is_ipv4() { GATEWAY_V4.parse().unwrap() } else { GATEWAY_V6.parse().unwrap() };
+    sock.send_to(b"portcullis test datagram", SocketAddr::new(dst, port)).is_ok()
+}
+
+/// The gateway's receiving socket.
+pub struct Receiver {
+    pub socket: UdpSocket,
+    pub port: u16,
+}
+
+impl Receiver {
+    /// Drains the socket until it has been quiet for its timeout; counts by source.
+    pub fn collect(&self) -> HashMap<IpAddr, usize> {
+        let mut counts = HashMap::new();
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match self.socket.recv_from(&mut buf) {
+                Ok((_, from)) => *counts.entry(from.ip().to_canonical()).or_insert(0) += 1,
+                Err(_) => break,
+            }
+        }
+        counts
+    }
+}
+
+/// The MAC address of `dev` in `ns`.
+fn mac(ns: &Netns, dev: &str) -> String {
+    let out = ns.ip(&["link", "show", "dev", dev]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC for {dev}: {text}"))
+        .to_string()
+}
+
+/// The XDP mode `ip link` reports for `dev` in `ns`: "xdp" (native), "xdpgeneric", or none.
+pub fn xdp_mode(ns: &Netns, dev: &str) -> Option<String> {
+    let out = ns.ip(&["link", "show", "dev", dev]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .find(|w| w.starts_with("xdp"))
+        .map(|w| w.to_string())
 }

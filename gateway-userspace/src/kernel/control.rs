@@ -253,12 +253,13 @@ fn attach_new(
 /// Pins `prog` at the layout's program path, replacing the previous pin in one rename.
 fn pin_program(prog: &mut Xdp, layout: &PinLayout) -> Result<(), KernelError> {
     let target = layout.program();
-    let staging = layout.dir().join("prog.new");
+    // bpffs refuses names with a dot (reserved for its own files), hence the underscore.
+    let staging = layout.dir().join("prog_staging");
     let _ = fs::remove_file(&staging);
     prog.pin(&staging).map_err(|e| KernelError::Pin {
         what: "pinning the program",
         path: staging.clone(),
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(format!("{e:?}")),
     })?;
     fs::rename(&staging, &target).map_err(pin_err("replacing the program pin", &target))
 }
@@ -326,7 +327,7 @@ pub fn teardown(pin_root: &Path) -> Result<Vec<String>, KernelError> {
         unpin_link(&layout.link(&a.interface, a.mode))?;
         removed.push(format!("link {} ({})", a.interface, a.mode.as_str()));
     }
-    for path in [layout.program(), layout.dir().join("prog.new")] {
+    for path in [layout.program(), layout.dir().join("prog_staging")] {
         if path.exists() {
             fs::remove_file(&path).map_err(pin_err("unpinning the program", &path))?;
             removed.push(format!("program {}", path.display()));

@@ -1,0 +1,373 @@
+//! Config errors: what went wrong ([`ErrorKind`]), where ([`Location`]), and the sorted list of
+//! every error of one load ([`ConfigErrors`]), rendered as `path:line:col: error: message`.
+//! Collecting errors while reading is [`super::source::Diagnostics`]'s job.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::rules::cidr_file::LineError;
+use crate::rules::prefix::PrefixError;
+
+/// A place in a file: 1-based line and column, the column counted in characters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One error, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: error: {kind}")]
+pub struct ConfigError {
+    pub location: Location,
+    pub kind: ErrorKind,
+}
+
+/// What is wrong. Messages name the key (as a dotted path) or the value, never a secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    /// The config file could not be read at all (reported at 1:1).
+    #[error("cannot read the config file: {0}")]
+    ReadConfig(String),
+    /// The config file is not UTF-8, so it cannot be TOML; located at the first bad byte.
+    #[error("the file is not valid UTF-8")]
+    NotUtf8,
+    /// A TOML syntax error. Only the first is reported: later ones are often its echoes.
+    #[error("invalid TOML: {0}")]
+    Syntax(String),
+    /// A key the schema does not have: in a security config a typo must fail, not be ignored.
+    #[error(
+        "unknown key `{key}` in {table}{}",
+        unknown_key_hint(suggestion, expected)
+    )]
+    UnknownKey {
+        key: String,
+        /// The table, as written in TOML (`[kernel]`, `[[deny]]`, `the top level`).
+        table: String,
+        /// The closest known key, when one is close enough to be a likely typo.
+        suggestion: Option<&'static str>,
+        expected: Vec<&'static str>,
+    },
+    /// A value of the wrong TOML type (a string where a list is expected, ...).
+    #[error("`{key}`: {reason}")]
+    WrongType { key: String, reason: String },
+    /// A string that is not one of the words the key accepts.
+    #[error("`{key}`: unknown value `{value}`; expected one of: {}", expected.join(", "))]
+    UnknownKeyword {
+        key: String,
+        value: String,
+        expected: Vec<&'static str>,
+    },
+    /// A required key is absent.
+    #[error("missing required key `{key}` in {table}")]
+    Missing { key: &'static str, table: String },
+    /// The kernel layer is enabled but no interface is named to attach it to.
+    #[error(
+        "no interface to attach to: list at least one in `kernel.interfaces`, \
+         or set `kernel.enabled = false`"
+    )]
+    NoInterfaces,
+    /// An interface name the kernel would refuse (see `dev_valid_name` in net/core/dev.c).
+    #[error("invalid interface name `{name}`: {reason}")]
+    InterfaceName { name: String, reason: &'static str },
+    /// The same interface twice: attaching twice would fail at run time.
+    #[error("interface `{name}` is listed more than once")]
+    DuplicateInterface { name: String },
+    /// `pin_root` must not depend on the working directory of whoever starts the gateway.
+    #[error("`kernel.pin_root` must be an absolute path, not `{path}`")]
+    PinRootNotAbsolute { path: String },
+    /// A duration that does not parse or is out of range.
+    #[error("`{key}`: invalid duration `{value}`: {reason}")]
+    Duration {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// A file path that is the empty string.
+    #[error("`{key}`: empty file path")]
+    EmptyPath { key: String },
+    /// A CIDR prefix or address in the config that does not parse.
+    #[error(transparent)]
+    Prefix(#[from] PrefixError),
+    /// A bad line in an included CIDR file (located in that file).
+    #[error(transparent)]
+    CidrLine(#[from] LineError),
+    /// An included CIDR file that cannot be used at all (located at its reference).
+    #[error("{0}")]
+    CidrFile(String),
+    /// A deny set name outside `[a-z0-9_-]{1,32}`: names appear in metrics labels and logs.
+    #[error("invalid deny set name `{name}`: use 1 to 32 characters from a-z, 0-9, `_` and `-`")]
+    DenyName { name: String },
+    /// Two deny sets with one name: counters and logs could not tell them apart.
+    #[error("duplicate deny set name `{name}` (first used on line {first_line})")]
+    DuplicateDenyName { name: String, first_line: usize },
+    /// A country that is not two ASCII letters.
+    #[error("`{code}` is not an ISO 3166-1 alpha-2 country code (two letters, such as `RU`)")]
+    CountryCode { code: String },
+    /// A `[geo]` section that could never block anything: almost certainly a mistake.
+    #[error(
+        "[geo] blocks nothing: list countries in `geo.block`, set `geo.unknown = \"block\"`, \
+         or remove the [geo] section"
+    )]
+    GeoBlocksNothing,
+    /// The country database could not be loaded; the message names the .mmdb file.
+    #[error("{0}")]
+    Geo(String),
+}
+
+fn unknown_key_hint(suggestion: &Option<&'static str>, expected: &[&'static str]) -> String {
+    match (suggestion, expected) {
+        (Some(s), _) => format!("; did you mean `{s}`?"),
+        (None, []) => "; this table takes no keys".to_owned(),
+        (None, keys) => format!("; expected one of: {}", keys.join(", ")),
+    }
+}
+
+/// Every error of one load, sorted by file, then line and column; never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// Sorts (stably, so errors at one place keep the order they were found in) and removes
+    /// exact duplicates, which arise when one bad file is included twice.
+    pub(crate) fn new(mut errors: Vec<ConfigError>) -> Self {
+        debug_assert!(!errors.is_empty(), "ConfigErrors must not be empty");
+        errors.sort_by(|a, b| a.location.cmp(&b.location));
+        errors.dedup();
+        Self(errors)
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: a load that found no error returns a config instead.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<ConfigError> {
+        self.0
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    /// One error per line, no trailing newline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = std::slice::Iter<'a, ConfigError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for ConfigErrors {
+    type Item = ConfigError;
+    type IntoIter = std::vec::IntoIter<ConfigError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(file: &str, line: usize, column: usize, kind: ErrorKind) -> ConfigError {
+        ConfigError {
+            location: Location {
+                file: file.into(),
+                line,
+                column,
+            },
+            kind,
+        }
+    }
+
+    /// Every variant, as an operator reads it.
+    #[test]
+    fn every_kind_formats() {
+        let cases: Vec<(ErrorKind, &str)> = vec![
+            (
+                ErrorKind::ReadConfig("No such file or directory (os error 2)".into()),
+                "cannot read the config file: No such file or directory (os error 2)",
+            ),
+            (ErrorKind::NotUtf8, "the file is not valid UTF-8"),
+            (
+                ErrorKind::Syntax("invalid boolean, expected `true`".into()),
+                "invalid TOML: invalid boolean, expected `true`",
+            ),
+            (
+                ErrorKind::UnknownKey {
+                    key: "interfacs".into(),
+                    table: "[kernel]".into(),
+                    suggestion: Some("interfaces"),
+                    expected: vec!["enabled", "interfaces"],
+                },
+                "unknown key `interfacs` in [kernel]; did you mean `interfaces`?",
+            ),
+            (
+                ErrorKind::UnknownKey {
+                    key: "zzz".into(),
+                    table: "[log]".into(),
+                    suggestion: None,
+                    expected: vec!["level", "format"],
+                },
+                "unknown key `zzz` in [log]; expected one of: level, format",
+            ),
+            (
+                ErrorKind::UnknownKey {
+                    key: "a".into(),
+                    table: "[empty]".into(),
+                    suggestion: None,
+                    expected: vec![],
+                },
+                "unknown key `a` in [empty]; this table takes no keys",
+            ),
+            (
+                ErrorKind::WrongType {
+                    key: "kernel.enabled".into(),
+                    reason: "invalid type: string \"yes\", expected a boolean".into(),
+                },
+                "`kernel.enabled`: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                ErrorKind::UnknownKeyword {
+                    key: "log.format".into(),
+                    value: "xml".into(),
+                    expected: vec!["json", "text"],
+                },
+                "`log.format`: unknown value `xml`; expected one of: json, text",
+            ),
+            (
+                ErrorKind::Missing {
+                    key: "name",
+                    table: "[[deny]]".into(),
+                },
+                "missing required key `name` in [[deny]]",
+            ),
+            (
+                ErrorKind::NoInterfaces,
+                "no interface to attach to: list at least one in `kernel.interfaces`, or set \
+                 `kernel.enabled = false`",
+            ),
+            (
+                ErrorKind::InterfaceName {
+                    name: "eth/0".into(),
+                    reason: "it contains `/`",
+                },
+                "invalid interface name `eth/0`: it contains `/`",
+            ),
+            (
+                ErrorKind::DuplicateInterface {
+                    name: "eth0".into(),
+                },
+                "interface `eth0` is listed more than once",
+            ),
+            (
+                ErrorKind::PinRootNotAbsolute { path: "bpf".into() },
+                "`kernel.pin_root` must be an absolute path, not `bpf`",
+            ),
+            (
+                ErrorKind::Duration {
+                    key: "kernel.ban_sweep_interval".into(),
+                    value: "0s".into(),
+                    reason: "must be greater than zero".into(),
+                },
+                "`kernel.ban_sweep_interval`: invalid duration `0s`: must be greater than zero",
+            ),
+            (
+                ErrorKind::EmptyPath {
+                    key: "allow.files".into(),
+                },
+                "`allow.files`: empty file path",
+            ),
+            (
+                ErrorKind::Prefix(PrefixError::Syntax("x".into())),
+                "`x` is not an IP address or CIDR prefix",
+            ),
+            (
+                ErrorKind::CidrLine(LineError::NotUtf8),
+                "line is not valid UTF-8",
+            ),
+            (
+                ErrorKind::CidrFile("`d/x.txt` is not a regular file".into()),
+                "`d/x.txt` is not a regular file",
+            ),
+            (
+                ErrorKind::DenyName {
+                    name: "Bogons".into(),
+                },
+                "invalid deny set name `Bogons`: use 1 to 32 characters from a-z, 0-9, `_` and `-`",
+            ),
+            (
+                ErrorKind::DuplicateDenyName {
+                    name: "bogons".into(),
+                    first_line: 3,
+                },
+                "duplicate deny set name `bogons` (first used on line 3)",
+            ),
+            (
+                ErrorKind::CountryCode { code: "RUS".into() },
+                "`RUS` is not an ISO 3166-1 alpha-2 country code (two letters, such as `RU`)",
+            ),
+            (
+                ErrorKind::GeoBlocksNothing,
+                "[geo] blocks nothing: list countries in `geo.block`, set `geo.unknown = \"block\"`, \
+                 or remove the [geo] section",
+            ),
+            (
+                ErrorKind::Geo("cannot open `x.mmdb`: gone".into()),
+                "cannot open `x.mmdb`: gone",
+            ),
+        ];
+        for (kind, expected) in cases {
+            assert_eq!(kind.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn sorted_by_file_then_position_and_deduplicated() {
+        let errors = ConfigErrors::new(vec![
+            at("p.toml", 9, 1, ErrorKind::NoInterfaces),
+            at("deny.txt", 2, 3, ErrorKind::CidrLine(LineError::NotUtf8)),
+            at("p.toml", 2, 7, ErrorKind::GeoBlocksNothing),
+            at("p.toml", 2, 5, ErrorKind::NotUtf8),
+            at("deny.txt", 2, 3, ErrorKind::CidrLine(LineError::NotUtf8)),
+        ]);
+        assert_eq!(errors.len(), 4);
+        assert_eq!(
+            errors.to_string(),
+            "deny.txt:2:3: error: line is not valid UTF-8\n\
+             p.toml:2:5: error: the file is not valid UTF-8\n\
+             p.toml:2:7: error: [geo] blocks nothing: list countries in `geo.block`, set \
+             `geo.unknown = \"block\"`, or remove the [geo] section\n\
+             p.toml:9:1: error: no interface to attach to: list at least one in \
+             `kernel.interfaces`, or set `kernel.enabled = false`"
+        );
+    }
+}
