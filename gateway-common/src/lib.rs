@@ -178,10 +178,14 @@ pub struct BanEntry {
     pub _pad: u32,
 }
 
-/// `BAN_LENS` slots: entries `0..BAN_LEN_SLOTS` list IPv4 prefix lengths with bans, entries
-/// `BAN_LEN_SLOTS..2*BAN_LEN_SLOTS` IPv6 ones, each stored as `length + 1` (0 = unused). The
-/// program probes only these lengths, so a host-only ban set costs one hash lookup.
+/// `BAN_LENS` is an array of two u64, entry 0 for IPv4 and entry 1 for IPv6. Each packs up to
+/// [`BAN_LEN_SLOTS`] prefix lengths that currently have bans, one per byte, stored as
+/// `length + 1` (0 = unused byte). The program reads one word and probes only those lengths,
+/// so with no bans the check costs one array read, and a host-only ban set one hash lookup.
 pub const BAN_LEN_SLOTS: u32 = 8;
+/// `BAN_LENS` entries.
+pub const BAN_LENS_V4: u32 = 0;
+pub const BAN_LENS_V6: u32 = 1;
 
 /// Slots of the `META` array (u64 values), read and written by userspace only.
 pub mod meta {

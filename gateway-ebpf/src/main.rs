@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    BAN_LEN_SLOTS, BanEntry, BanKey, CHILD_FLAG, COUNTER_NAME_LEN, Counter, Decision, FAMILY_V4,
+    BAN_LEN_SLOTS, BAN_LENS_V4, BAN_LENS_V6, BanEntry, BanKey, CHILD_FLAG, COUNTER_NAME_LEN, Counter, Decision, FAMILY_V4,
     FAMILY_V6, NO_COUNTER, Node, ROOT_NODES, action, ban_reason, meta, slot,
 };
 use parse::Source;
@@ -36,7 +36,7 @@ static DECISIONS: Array<Decision> = Array::with_max_entries(1, 0);
 #[map]
 static BANS: HashMap<BanKey, BanEntry> = HashMap::pinned(262_144, NO_PREALLOC);
 #[map]
-static BAN_LENS: Array<u32> = Array::pinned(2 * BAN_LEN_SLOTS, 0);
+static BAN_LENS: Array<u64> = Array::pinned(2, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(slot::COUNT, 0);
 #[map]
@@ -51,9 +51,9 @@ pub fn portcullis(ctx: XdpContext) -> u32 {
         Source::V4(a) => {
             let mut key = [0u8; 16];
             key[..4].copy_from_slice(&a);
-            judge(lookup(&NODES4, &a), FAMILY_V4, &key, 0, bytes)
+            judge(lookup(&NODES4, &a), FAMILY_V4, &key, BAN_LENS_V4, bytes)
         }
-        Source::V6(a) => judge(lookup(&NODES6, &a), FAMILY_V6, &a, BAN_LEN_SLOTS, bytes),
+        Source::V6(a) => judge(lookup(&NODES6, &a), FAMILY_V6, &a, BAN_LENS_V6, bytes),
         Source::NotIp => pass(slot::PASS_NOT_IP, bytes),
         Source::Unparsed => pass(slot::PASS_UNPARSED, bytes),
     }
@@ -81,7 +81,7 @@ fn lookup<const N: usize>(nodes: &Array<Node>, addr: &[u8; N]) -> u32 {
 }
 
 #[inline(always)]
-fn judge(decision: u32, family: u8, addr: &[u8; 16], lens_base: u32, bytes: u64) -> u32 {
+fn judge(decision: u32, family: u8, addr: &[u8; 16], lens_entry: u32, bytes: u64) -> u32 {
     let d = match DECISIONS.get(decision) {
         Some(d) => *d,
         None => Decision {
@@ -94,7 +94,7 @@ fn judge(decision: u32, family: u8, addr: &[u8; 16], lens_base: u32, bytes: u64)
     if d.action == action::ALLOW {
         return pass(d.counter, bytes);
     }
-    if let Some(reason) = banned(family, addr, lens_base) {
+    if let Some(reason) = banned(family, addr, lens_entry) {
         count(slot::BAN_DROP_BASE + (reason % ban_reason::COUNT), bytes);
         return xdp_action::XDP_DROP;
     }
@@ -111,34 +111,40 @@ fn judge(decision: u32, family: u8, addr: &[u8; 16], lens_base: u32, bytes: u64)
 
 /// The reason of a live ban covering `addr`, probing only prefix lengths that have bans.
 #[inline(always)]
-fn banned(family: u8, addr: &[u8; 16], lens_base: u32) -> Option<u32> {
-    let mut now = 0u64;
+fn banned(family: u8, addr: &[u8; 16], lens_entry: u32) -> Option<u32> {
+    let lens = match BAN_LENS.get(lens_entry) {
+        Some(v) => *v,
+        None => 0,
+    };
+    if lens == 0 {
+        return None;
+    }
+    let hi = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
+    let lo = u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
     for i in 0..BAN_LEN_SLOTS {
-        let stored = match BAN_LENS.get(lens_base + i) {
-            Some(v) => *v,
-            None => 0,
-        };
+        let stored = (lens >> (8 * i)) & 0xff;
         if stored == 0 {
             continue;
         }
-        let prefix_len = (stored - 1) as u8;
+        let prefix_len = (stored - 1) as u32;
+        // Masks built from two 64-bit halves with a fixed, small number of branches: a
+        // byte-by-byte mask multiplies the verifier's paths per probed length.
+        let key_hi = hi & mask64(prefix_len.min(64));
+        let key_lo = lo & mask64(prefix_len.saturating_sub(64));
+        let mut key_addr = [0u8; 16];
+        key_addr[..8].copy_from_slice(&key_hi.to_be_bytes());
+        key_addr[8..].copy_from_slice(&key_lo.to_be_bytes());
         let key = BanKey {
             family,
-            prefix_len,
+            prefix_len: prefix_len as u8,
             _pad: [0; 2],
-            addr: masked(addr, prefix_len),
+            addr: key_addr,
         };
-        // SAFETY: the value is copied out at once; a concurrent delete cannot free it under us
-        // because the program runs inside an RCU read-side section.
+        // SAFETY: the entry is read at once; the program runs in an RCU read-side section, so
+        // a concurrent delete cannot free it under us.
         if let Some(entry) = unsafe { BANS.get(&key) } {
-            if entry.expires_at_ns == 0 {
-                return Some(entry.reason);
-            }
-            if now == 0 {
-                // SAFETY: plain helper call without arguments.
-                now = unsafe { bpf_ktime_get_ns() };
-            }
-            if now < entry.expires_at_ns {
+            // SAFETY: plain helper call without arguments.
+            if entry.expires_at_ns == 0 || unsafe { bpf_ktime_get_ns() } < entry.expires_at_ns {
                 return Some(entry.reason);
             }
         }
@@ -146,20 +152,16 @@ fn banned(family: u8, addr: &[u8; 16], lens_base: u32) -> Option<u32> {
     None
 }
 
-/// `addr` with every bit past `prefix_len` cleared.
+/// The top `bits` bits of a u64 set (`bits` at most 64).
 #[inline(always)]
-fn masked(addr: &[u8; 16], prefix_len: u8) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let len = prefix_len as usize;
-    for (i, byte) in out.iter_mut().enumerate() {
-        let start = i * 8;
-        if start + 8 <= len {
-            *byte = addr[i];
-        } else if start < len {
-            *byte = addr[i] & (0xffu8 << (8 - (len - start)));
-        }
+fn mask64(bits: u32) -> u64 {
+    if bits == 0 {
+        0
+    } else if bits >= 64 {
+        u64::MAX
+    } else {
+        u64::MAX << (64 - bits)
     }
-    out
 }
 
 #[inline(always)]

@@ -47,7 +47,12 @@ impl Value {
     }
 
     pub fn map<const N: usize>(entries: [(&str, Value); N]) -> Self {
-        Value::Map(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        )
     }
 
     /// The record `schema` uses for `country`.
@@ -435,7 +440,11 @@ mod tests {
     #[test]
     fn round_trips_every_record_size_version_and_schema() {
         for ip_version in [4, 6] {
-            for schema in [Schema::MaxMind, Schema::RegisteredCountry, Schema::CountryCode] {
+            for schema in [
+                Schema::MaxMind,
+                Schema::RegisteredCountry,
+                Schema::CountryCode,
+            ] {
                 for rs in [24, 28, 32] {
                     let mut b = MmdbBuilder::new(ip_version, "Test-Country")
                         .schema(schema)
@@ -536,8 +545,14 @@ mod tests {
             net("0.0.0.0/0"),
             Value::map([
                 ("autonomous_system_number", Value::U32(64_496)),
-                ("autonomous_system_organization", Value::str(&"x".repeat(300))),
-                ("flags", Value::Array(vec![Value::Bool(true), Value::Double(1.5)])),
+                (
+                    "autonomous_system_organization",
+                    Value::str(&"x".repeat(300)),
+                ),
+                (
+                    "flags",
+                    Value::Array(vec![Value::Bool(true), Value::Double(1.5)]),
+                ),
                 ("big", Value::U64(u64::MAX)),
                 ("raw", Value::Bytes(vec![0; 70_000])),
             ]),

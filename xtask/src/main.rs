@@ -49,7 +49,9 @@ fn main() -> anyhow::Result<()> {
             demo::run(&bin)
         }
         Task::Bench { what } => {
-            setup()?;
+            if cfg!(debug_assertions) {
+                setup()?;
+            }
             bench::run(what)
         }
     }
@@ -75,7 +77,7 @@ pub fn build_portcullis() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release/portcullis"))
 }
 
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)

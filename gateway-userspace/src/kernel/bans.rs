@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, Map, MapData};
-use gateway_common::{BAN_LEN_SLOTS, BanEntry, BanKey, FAMILY_V4, FAMILY_V6, ban_reason, maps};
+use gateway_common::{BAN_LEN_SLOTS, BAN_LENS_V4, BAN_LENS_V6, BanEntry, BanKey, FAMILY_V4, FAMILY_V6, ban_reason, maps};
 
 use super::time::{monotonic_ns, unix_now};
 use super::{KernelError, PinLayout};
@@ -83,7 +83,7 @@ pub struct Ban {
 /// Handle on the pinned ban maps.
 pub struct Bans {
     map: HashMap<MapData, BanKey, BanEntry>,
-    lens: Array<MapData, u32>,
+    lens: Array<MapData, u64>,
 }
 
 /// The kernel key for a prefix.
@@ -201,47 +201,60 @@ impl Bans {
         Ok(expired.len())
     }
 
-    fn slots(family_v6: bool) -> std::ops::Range<u32> {
-        let base = if family_v6 { BAN_LEN_SLOTS } else { 0 };
-        base..base + BAN_LEN_SLOTS
+    fn entry(v6: bool) -> u32 {
+        if v6 { BAN_LENS_V6 } else { BAN_LENS_V4 }
     }
 
-    fn ensure_len(&mut self, prefix: &Prefix) -> Result<(), KernelError> {
-        let want = u32::from(prefix.len()) + 1;
-        let mut free = None;
-        for i in Self::slots(prefix.is_v6()) {
-            let v = self.lens.get(&i, 0).map_err(|e| KernelError::map("reading ban lengths", e))?;
-            if v == want {
-                return Ok(());
-            }
-            if v == 0 && free.is_none() {
-                free = Some(i);
-            }
-        }
-        let Some(slot) = free else {
-            return Err(KernelError::Ban(format!(
-                "cannot ban {prefix}: {BAN_LEN_SLOTS} different prefix lengths are already banned for this family"
-            )));
-        };
+    /// The lengths (stored as length + 1) packed in a family's word.
+    fn unpack(word: u64) -> Vec<u64> {
+        (0..BAN_LEN_SLOTS).map(|i| (word >> (8 * i)) & 0xff).filter(|b| *b != 0).collect()
+    }
+
+    fn pack(lens: &[u64]) -> u64 {
+        lens.iter().enumerate().fold(0, |w, (i, l)| w | (l << (8 * i)))
+    }
+
+    fn read_lens(&self, v6: bool) -> Result<Vec<u64>, KernelError> {
+        let word = self
+            .lens
+            .get(&Self::entry(v6), 0)
+            .map_err(|e| KernelError::map("reading ban lengths", e))?;
+        Ok(Self::unpack(word))
+    }
+
+    fn write_lens(&mut self, v6: bool, lens: &[u64]) -> Result<(), KernelError> {
+        // One 8-byte value: the program sees the old set or the new one.
         self.lens
-            .set(slot, want, 0)
+            .set(Self::entry(v6), Self::pack(lens), 0)
             .map_err(|e| KernelError::map("writing ban lengths", e))
     }
 
-    /// Clears length slots that no ban uses any more.
+    fn ensure_len(&mut self, prefix: &Prefix) -> Result<(), KernelError> {
+        let want = u64::from(prefix.len()) + 1;
+        let mut lens = self.read_lens(prefix.is_v6())?;
+        if lens.contains(&want) {
+            return Ok(());
+        }
+        if lens.len() >= BAN_LEN_SLOTS as usize {
+            return Err(KernelError::Ban(format!(
+                "cannot ban {prefix}: {BAN_LEN_SLOTS} different prefix lengths are already banned for this family"
+            )));
+        }
+        lens.push(want);
+        self.write_lens(prefix.is_v6(), &lens)
+    }
+
+    /// Drops lengths that no ban uses any more.
     fn refresh_lens(&mut self) -> Result<(), KernelError> {
         let mut used = std::collections::HashSet::new();
         for k in self.map.keys().filter_map(Result::ok) {
-            used.insert((k.family == FAMILY_V6, u32::from(k.prefix_len) + 1));
+            used.insert((k.family == FAMILY_V6, u64::from(k.prefix_len) + 1));
         }
         for v6 in [false, true] {
-            for i in Self::slots(v6) {
-                let v = self.lens.get(&i, 0).map_err(|e| KernelError::map("reading ban lengths", e))?;
-                if v != 0 && !used.contains(&(v6, v)) {
-                    self.lens
-                        .set(i, 0, 0)
-                        .map_err(|e| KernelError::map("writing ban lengths", e))?;
-                }
+            let lens = self.read_lens(v6)?;
+            let kept: Vec<u64> = lens.iter().copied().filter(|l| used.contains(&(v6, *l))).collect();
+            if kept.len() != lens.len() {
+                self.write_lens(v6, &kept)?;
             }
         }
         Ok(())

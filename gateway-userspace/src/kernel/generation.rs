@@ -69,6 +69,42 @@ impl Generation {
     }
 }
 
+impl Generation {
+    /// Kernel memory of this generation's tables (NODES4, NODES6, DECISIONS), as the kernel
+    /// accounts it (`memlock` in the maps' fdinfo).
+    pub fn table_memory(&self) -> std::io::Result<u64> {
+        let mut total = 0;
+        for name in [maps::NODES4, maps::NODES6, maps::DECISIONS] {
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or_else(|| std::io::Error::other(format!("no map {name}")))?;
+            total += map_memlock(map)?;
+        }
+        Ok(total)
+    }
+}
+
+/// The `memlock` figure of a map's fdinfo: the kernel's own account of its memory.
+pub fn map_memlock(map: &aya::maps::Map) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let data = map_data(map).ok_or_else(|| std::io::Error::other("unsupported map type"))?;
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no memlock line in fdinfo"))
+}
+
+fn map_data(map: &aya::maps::Map) -> Option<&aya::maps::MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d) | Map::HashMap(d) | Map::LpmTrie(d) | Map::PerCpuArray(d) => Some(d),
+        _ => None,
+    }
+}
+
 fn missing_program() -> KernelError {
     KernelError::program(
         "the BPF object has no `portcullis` program",

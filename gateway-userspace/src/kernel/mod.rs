@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub use bans::{Ban, BanReason, Bans};
 pub use control::{AttachMode, AttachedMode, Attachment, KernelControl, ReloadOutcome, attachments, read_meta, teardown};
 pub use counters::{CounterReading, Counters};
-pub use generation::Generation;
+pub use generation::{Generation, map_memlock};
 pub use time::monotonic_ns;
 
 /// The compiled XDP objects, built for the BPF target by build.rs.

@@ -62,7 +62,10 @@ pub enum GeoError {
          use a country or city database",
         path.display()
     )]
-    NoCountryData { path: PathBuf, database_type: String },
+    NoCountryData {
+        path: PathBuf,
+        database_type: String,
+    },
 }
 
 /// Loads every network of the database at `path` that has a country.
@@ -275,7 +278,13 @@ impl<'r, 'a> Collector<'r, 'a> {
         }
     }
 
-    fn data(&mut self, bits: u128, depth: u8, pointer: u32, bit_count: u8) -> Result<(), WalkError> {
+    fn data(
+        &mut self,
+        bits: u128,
+        depth: u8,
+        pointer: u32,
+        bit_count: u8,
+    ) -> Result<(), WalkError> {
         let ipv4_db = bit_count == 32;
         let in_range =
             |range: u128| !ipv4_db && depth >= IPV4_DEPTH && bits & mask(IPV4_DEPTH) == range;
@@ -301,7 +310,8 @@ impl<'r, 'a> Collector<'r, 'a> {
             // ::a.b.c.d/96+n is a.b.c.d/n.
             self.v4.push((v4(bits << 96, depth - IPV4_DEPTH)?, country));
         } else if in_range(MAPPED_BITS) {
-            self.v4_mapped.push((v4(bits << 96, depth - IPV4_DEPTH)?, country));
+            self.v4_mapped
+                .push((v4(bits << 96, depth - IPV4_DEPTH)?, country));
         } else {
             // Shorter than /96 or outside both ranges: an IPv6 network, which Prefix keeps
             // as IPv6. If it covers a whole IPv4 range (a database with no IPv4 subtree, or
@@ -591,7 +601,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = load_country_networks(dir.path()).expect_err("a directory");
         assert!(matches!(err, GeoError::Read { .. }));
-        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -601,7 +614,10 @@ mod tests {
             ("empty.mmdb", &b""[..]),
             ("text.mmdb", &b"GB 81.2.69.0/24\n"[..]),
             ("marker-only.mmdb", &b"\xab\xcd\xefMaxMind.com"[..]),
-            ("marker-bad-map.mmdb", &b"\xab\xcd\xefMaxMind.com\xe9\x00"[..]),
+            (
+                "marker-bad-map.mmdb",
+                &b"\xab\xcd\xefMaxMind.com\xe9\x00"[..],
+            ),
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).expect("write");
@@ -618,7 +634,10 @@ mod tests {
             database_type: "GeoLite2-ASN".into(),
         };
         let msg = err.to_string();
-        assert!(msg.contains("/x/GeoLite2-ASN.mmdb") && msg.contains("GeoLite2-ASN"), "{msg}");
+        assert!(
+            msg.contains("/x/GeoLite2-ASN.mmdb") && msg.contains("GeoLite2-ASN"),
+            "{msg}"
+        );
     }
 
     #[test]
