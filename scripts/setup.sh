@@ -40,7 +40,7 @@ if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null
 fi
 
 # 2. Network namespaces, traffic and inspection tools for tests, demo and benchmarks.
-apt_install iproute2 iputils-ping nftables bpftool ncat
+apt_install iproute2 util-linux iputils-ping nftables bpftool
 
 # 3. bpffs for pinned programs, links and maps.
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then

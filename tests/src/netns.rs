@@ -56,6 +56,16 @@ impl Netns {
         run("ip", &full)
     }
 
+    /// A command that runs `program` in this network namespace only. Unlike `ip netns exec`,
+    /// which also gives the child a private mount namespace with a fresh /sys (and so no bpffs
+    /// at /sys/fs/bpf), nsenter joins just the network namespace, and execs: the child's pid
+    /// is the program's.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.name)).arg("--").arg(program);
+        c
+    }
+
     /// Runs `f` on a thread that has joined this namespace and returns its result.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/var/run/netns/{}", self.name);
