@@ -1,2 +1,1051 @@
-//! Demo (filled in below).
-pub fn run(_bin: &std::path::Path) -> anyhow::Result<()> { anyhow::bail!("demo not written yet") }
+//! `cargo xtask demo`: a short walkthrough of the kernel layer that checks every outcome it
+//! shows, so it doubles as a smoke test (non-zero exit when anything differs from expected).
+//!
+//! It builds three network namespaces joined by veth pairs:
+//!
+//! ```text
+//! pcdemo-client --veth-- pcdemo-gateway (Portcullis, XDP on the client side) --veth-- pcdemo-backend
+//! ```
+//!
+//! writes a small country database and a config, starts `portcullis run` in the gateway
+//! namespace, and makes real HTTP requests from chosen client addresses to a tiny server in the
+//! backend namespace (the gateway only routes for now; the proxy comes later). Allowed clients
+//! are answered; the denied range and the geo-blocked country are dropped by XDP; a ban drops a
+//! client until it expires; the counters say why; the filter outlives the process.
+//!
+//! Everything the demo creates (namespaces and their veths, the pins under its own pin root,
+//! the gateway process, the temporary directory) is owned by a guard that removes it on drop,
+//! so it goes on success, on error and on Ctrl-C: the signal only sets a flag that the demo
+//! checks between steps, which then returns an error and lets the guards run.
+
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use portcullis::kernel::{self, Counters, PinLayout};
+use portcullis_tests::mmdb_writer::MmdbBuilder;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The demo's own pin root, so it never touches a real installation's pins.
+const PIN_ROOT: &str = "/sys/fs/bpf/portcullis-demo";
+
+const NS_CLIENT: &str = "pcdemo-client";
+const NS_GATEWAY: &str = "pcdemo-gateway";
+const NS_BACKEND: &str = "pcdemo-backend";
+
+/// Veth ends (at most 15 bytes): client <-> gateway, where XDP sits, and gateway <-> backend.
+const IF_CLIENT: &str = "pcd-client";
+const IF_GW_CLIENT: &str = "pcd-gw-client";
+const IF_GW_BACKEND: &str = "pcd-gw-backend";
+const IF_BACKEND: &str = "pcd-backend";
+
+const GW_CLIENT_V4: &str = "198.18.0.1";
+const GW_CLIENT_V6: &str = "2001:db8:ffff::1";
+const GW_BACKEND_V4: &str = "10.20.0.1";
+const GW_BACKEND_V6: &str = "fd00:20::1";
+const BACKEND_V4: &str = "10.20.0.2";
+const BACKEND_V6: &str = "fd00:20::2";
+const HTTP_PORT: u16 = 80;
+
+/// Short, so each dropped connection costs the demo one second.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const BAN_TTL: Duration = Duration::from_secs(3);
+
+const DENY_SET: &str = "abusers";
+const COUNTER_NO_RULE: &str = "pass/no-rule";
+const COUNTER_ALLOW: &str = "pass/allow";
+const COUNTER_DENY: &str = "drop/deny:abusers";
+const COUNTER_GEO: &str = "drop/geo:SE";
+const COUNTER_BAN: &str = "drop/ban:manual";
+
+/// A source address in the client namespace and who it stands for.
+struct Client {
+    addr: &'static str,
+    about: &'static str,
+}
+
+const fn client(addr: &'static str, about: &'static str) -> Client {
+    Client { addr, about }
+}
+
+const ORDINARY: Client = client("100.64.0.10", "an ordinary client");
+const ORDINARY_V6: Client = client("2001:db8:1::10", "an ordinary IPv6 client");
+const IN_GB: Client = client("81.2.69.142", "a client in GB");
+const IN_SE: Client = client("89.160.20.112", "a client in SE");
+const MANAGEMENT: Client = client("89.160.20.200", "the management host, in SE");
+const DENIED: Client = client("192.0.2.10", "a client in the denied range");
+#[rustfmt::skip]
+const CLIENTS: [&Client; 6] = [&ORDINARY, &ORDINARY_V6, &IN_GB, &IN_SE, &MANAGEMENT, &DENIED];
+
+/// Runs the walkthrough with the `portcullis` binary at `bin`.
+pub fn run(bin: &Path) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the demo creates network namespaces and loads XDP programs: run it as root");
+    }
+    let _lock = single_instance()?;
+    interrupt::install();
+    remove_leftovers()?;
+    let started = Instant::now();
+    let mut demo = Demo {
+        bin: bin.to_path_buf(),
+        checks: Checks::default(),
+    };
+    let result = demo.walk_through();
+    // The guards inside walk_through have removed everything by now, also on error.
+    let (passed, failed) = (demo.checks.passed, &demo.checks.failed);
+    println!();
+    result?;
+    println!(
+        "{} of {} checks as expected, in {:.1} s.",
+        passed,
+        passed + failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() {
+        bail!(
+            "the demo saw unexpected outcomes:\n  - {}",
+            failed.join("\n  - ")
+        );
+    }
+    Ok(())
+}
+
+struct Demo {
+    bin: PathBuf,
+    checks: Checks,
+}
+
+impl Demo {
+    /// The steps in order. The guards are locals here so they drop (in reverse order: the
+    /// process, the pins, the backend, the namespaces, the files) however this returns.
+    fn walk_through(&mut self) -> anyhow::Result<()> {
+        println!("Portcullis demo: the XDP layer drops denied, geo-blocked and banned clients");
+        println!("before they reach the network stack. Everything below runs in network");
+        println!("namespaces this demo creates and removes again.");
+
+        heading("1. Topology");
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-demo-")
+            .tempdir()?;
+        let topology = Topology::create()?;
+        let backend = Backend::start()?;
+        print_topology();
+
+        heading("2. Configuration");
+        let config = write_config(dir.path())?;
+        self.check_config(&config)?;
+        // Before the start, so the pins go even if the process dies half-way through loading.
+        let pins = Pins;
+        let mut gateway = Gateway::start(&self.bin, &config, &dir.path().join("portcullis.log"))?;
+        gateway.wait_attached()?;
+
+        heading("3. Traffic from the clients to the backend");
+        println!(
+            "  Each client sends GET / through the gateway. XDP judges the source of every packet"
+        );
+        println!("  arriving on {IF_GW_CLIENT}: allow list, then bans, deny sets, countries.");
+        self.allowed_and_denied()?;
+        self.geo_blocking()?;
+        self.ban_and_expiry()?;
+        println!();
+        self.must(&["stats", "--pin-root", PIN_ROOT])?;
+
+        heading("4. Protection survives the process");
+        println!("  The program, its maps and the XDP link are pinned in bpffs ({PIN_ROOT}),");
+        println!("  so they outlive `portcullis run`: a crash or restart leaves the gate closed.");
+        self.survives_the_process(&mut gateway)?;
+        self.detach()?;
+
+        heading("5. Clean-up");
+        drop(gateway);
+        drop(pins);
+        drop(backend);
+        println!("  backend server stopped");
+        drop(topology);
+        drop(dir);
+        self.nothing_left_behind();
+        Ok(())
+    }
+
+    fn check_config(&mut self, config: &Path) -> anyhow::Result<()> {
+        println!("  {}:", config.display());
+        for line in std::fs::read_to_string(config)?.lines() {
+            println!("  | {line}");
+        }
+        println!();
+        let ok = self.show(&["check", "-c", &config.display().to_string()])?;
+        self.checks
+            .record(ok, "`portcullis check` accepts the demo config");
+        if !ok {
+            bail!("the demo config was refused");
+        }
+        Ok(())
+    }
+
+    fn allowed_and_denied(&mut self) -> anyhow::Result<()> {
+        self.answered(&ORDINARY, "no rule matches it", COUNTER_NO_RULE)?;
+        self.answered(
+            &ORDINARY_V6,
+            "IPv6 is filtered too; no rule matches it",
+            COUNTER_NO_RULE,
+        )?;
+        self.dropped(
+            &DENIED,
+            "deny set `abusers` holds 192.0.2.0/24",
+            COUNTER_DENY,
+        )
+    }
+
+    fn geo_blocking(&mut self) -> anyhow::Result<()> {
+        self.answered(&IN_GB, "GB is not blocked", COUNTER_NO_RULE)?;
+        self.dropped(&IN_SE, "geo-blocked: SE", COUNTER_GEO)?;
+        self.answered(
+            &MANAGEMENT,
+            "the allow list comes before geo-blocking",
+            COUNTER_ALLOW,
+        )
+    }
+
+    fn ban_and_expiry(&mut self) -> anyhow::Result<()> {
+        println!();
+        let banned_at = Instant::now();
+        let ttl = format!("{}s", BAN_TTL.as_secs());
+        let reason = ["--reason", "manual", "--pin-root", PIN_ROOT];
+        self.must(&[&["ban", "add", ORDINARY.addr, "--ttl", &ttl][..], &reason].concat())?;
+        self.must(&["ban", "list", "--pin-root", PIN_ROOT])?;
+        self.dropped(&ORDINARY, "banned for a few seconds", COUNTER_BAN)?;
+
+        // The program compares each ban's expiry with the clock itself, so the ban stops
+        // applying at its deadline even before the daemon's sweep removes the entry.
+        println!();
+        println!("  waiting for the ban to expire...");
+        let expiry = BAN_TTL + Duration::from_millis(300);
+        interrupt::pause(expiry.saturating_sub(banned_at.elapsed()))?;
+        self.answered(&ORDINARY, "the ban has expired", COUNTER_NO_RULE)
+    }
+
+    fn survives_the_process(&mut self, gateway: &mut Gateway) -> anyhow::Result<()> {
+        println!("  $ kill -TERM {}", gateway.child.id());
+        let status = gateway.stop()?;
+        for line in gateway.new_log_lines() {
+            println!("  | {line}");
+        }
+        println!("  portcullis exited: {status}");
+        self.checks
+            .record(status.success(), "portcullis exits cleanly on SIGTERM");
+        println!();
+        self.must(&["stats", "--pin-root", PIN_ROOT])?;
+        let layout = PinLayout::new(Path::new(PIN_ROOT));
+        let attached = !kernel::attachments(&layout)?.is_empty();
+        self.checks
+            .record(attached, "the XDP link stays pinned after the process ends");
+        self.dropped(&DENIED, "the pinned filter still enforces", COUNTER_DENY)?;
+        self.answered(&IN_GB, "no rule matches it", COUNTER_NO_RULE)
+    }
+
+    fn detach(&mut self) -> anyhow::Result<()> {
+        println!();
+        self.must(&["detach", "--pin-root", PIN_ROOT])?;
+        let xdp_gone = xdp_attached(NS_GATEWAY, IF_GW_CLIENT) == Some(false);
+        let gone = xdp_gone && !Path::new(PIN_ROOT).exists();
+        self.checks
+            .record(gone, "`portcullis detach` removes the filter and its pins");
+        self.probe(&DENIED, Expect::Answered("no filter any more"), None)
+    }
+
+    fn nothing_left_behind(&mut self) {
+        let left: Vec<&str> = [NS_CLIENT, NS_GATEWAY, NS_BACKEND]
+            .into_iter()
+            .filter(|ns| netns_path(ns).exists())
+            .chain(Path::new(PIN_ROOT).exists().then_some(PIN_ROOT))
+            .collect();
+        if left.is_empty() {
+            println!("  namespaces {NS_CLIENT}, {NS_GATEWAY}, {NS_BACKEND} removed; nothing left");
+        } else {
+            println!("  still present: {}", left.join(", "));
+        }
+        self.checks
+            .record(left.is_empty(), "the demo leaves nothing behind");
+    }
+
+    fn answered(
+        &mut self,
+        client: &Client,
+        why: &'static str,
+        counter: &str,
+    ) -> anyhow::Result<()> {
+        self.probe(client, Expect::Answered(why), Some(counter))
+    }
+
+    fn dropped(&mut self, client: &Client, why: &'static str, counter: &str) -> anyhow::Result<()> {
+        self.probe(client, Expect::Dropped(why), Some(counter))
+    }
+
+    /// Requests `GET /` from the backend with `client`'s address as the source, and checks the
+    /// outcome and that `counter` (the kernel's reason for its verdict) went up.
+    fn probe(
+        &mut self,
+        client: &Client,
+        expect: Expect,
+        counter: Option<&str>,
+    ) -> anyhow::Result<()> {
+        interrupt::check()?;
+        let src: IpAddr = client.addr.parse()?;
+        let dst = backend_address(src);
+        let before = counter.map(read_counter).transpose()?;
+        let started = Instant::now();
+        let outcome = in_netns(NS_CLIENT, move || request(src, dst))?;
+        let took = started.elapsed();
+        let after = counter.map(read_counter).transpose()?;
+        let ok = expect.met_by(&outcome) && before.zip(after).is_none_or(|(b, a)| a > b);
+
+        let who = format!("{} ({})", client.addr, client.about);
+        println!();
+        println!("  {} {who}: GET http://{dst}/", mark(ok));
+        println!("         expected: {}", expect.describe());
+        println!("         got:      {}", outcome.describe(took));
+        if let (Some(name), Some(before), Some(after)) = (counter, before, after) {
+            println!("         counter {name}: {before} -> {after} packets");
+        }
+        self.checks
+            .record(ok, &format!("{who}: expected {}", expect.describe()));
+        Ok(())
+    }
+
+    /// Runs a `portcullis` command and prints it and its output; returns whether it succeeded.
+    fn show(&self, args: &[&str]) -> anyhow::Result<bool> {
+        println!("  $ portcullis {}", args.join(" "));
+        let out = Command::new(&self.bin)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.bin.display()))?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        for line in stdout.lines().chain(stderr.lines()) {
+            println!("    {line}");
+        }
+        Ok(out.status.success())
+    }
+
+    /// [`show`](Self::show) for a command the demo cannot go on without.
+    fn must(&self, args: &[&str]) -> anyhow::Result<()> {
+        if !self.show(args)? {
+            bail!("`portcullis {}` failed", args.join(" "));
+        }
+        Ok(())
+    }
+}
+
+fn heading(title: &str) {
+    println!();
+    println!("== {title}");
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "[ OK ]" } else { "[FAIL]" }
+}
+
+fn print_topology() {
+    println!("  {NS_CLIENT}     client addresses (one namespace speaks for all of them):");
+    for c in CLIENTS {
+        println!("    {:<16} {}", c.addr, c.about);
+    }
+    println!("      | veth {IF_CLIENT} <-> {IF_GW_CLIENT}   (Portcullis attaches XDP here)");
+    println!(
+        "  {NS_GATEWAY}    {GW_CLIENT_V4}, {GW_CLIENT_V6}; routes between clients and backend"
+    );
+    println!("      | veth {IF_GW_BACKEND} <-> {IF_BACKEND}");
+    println!(
+        "  {NS_BACKEND}    HTTP server on {BACKEND_V4}:{HTTP_PORT} and [{BACKEND_V6}]:{HTTP_PORT}"
+    );
+}
+
+/// Which outcome a probe expects, and why.
+#[derive(Clone, Copy)]
+enum Expect {
+    Answered(&'static str),
+    Dropped(&'static str),
+}
+
+impl Expect {
+    fn describe(self) -> String {
+        match self {
+            Expect::Answered(why) => format!("answered with 200 ({why})"),
+            Expect::Dropped(why) => format!("dropped by XDP, so the connect times out ({why})"),
+        }
+    }
+
+    fn met_by(self, outcome: &Outcome) -> bool {
+        match (self, outcome) {
+            (Expect::Answered(_), Outcome::Answered { status, .. }) => {
+                status.starts_with("HTTP/1.1 200 ")
+            }
+            (Expect::Dropped(_), Outcome::NoAnswer) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a request got.
+enum Outcome {
+    Answered {
+        status: String,
+        body: String,
+    },
+    /// The connect timed out: nothing came back.
+    NoAnswer,
+    Failed(String),
+}
+
+impl Outcome {
+    fn describe(&self, took: Duration) -> String {
+        match self {
+            Outcome::Answered { status, body } => {
+                format!("{status} {:?} in {} ms", body.trim(), took.as_millis())
+            }
+            Outcome::NoAnswer => format!(
+                "no answer; connect timed out after {:.1} s",
+                took.as_secs_f64()
+            ),
+            Outcome::Failed(e) => format!("error: {e}"),
+        }
+    }
+}
+
+/// One HTTP/1.1 request over a TCP connection made from `src` (run inside the client netns).
+fn request(src: IpAddr, dst: SocketAddr) -> Outcome {
+    let attempt = || -> io::Result<Option<String>> {
+        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+        // std's TcpStream cannot choose its source address; the client's identity is its source.
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+        match socket.connect_timeout(&dst.into(), CONNECT_TIMEOUT) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        let mut stream = TcpStream::from(socket);
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(Some(response))
+    };
+    match attempt() {
+        Ok(None) => Outcome::NoAnswer,
+        Ok(Some(response)) => {
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            Outcome::Answered {
+                status: head.lines().next().unwrap_or("").to_string(),
+                body: body.to_string(),
+            }
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+fn backend_address(src: IpAddr) -> SocketAddr {
+    let ip = if src.is_ipv4() {
+        BACKEND_V4
+    } else {
+        BACKEND_V6
+    };
+    SocketAddr::new(ip.parse().expect("a constant address"), HTTP_PORT)
+}
+
+fn read_counter(name: &str) -> anyhow::Result<u64> {
+    Ok(Counters::open(&PinLayout::new(Path::new(PIN_ROOT)))?
+        .get(name)?
+        .packets)
+}
+
+/// Tallies the checks; a failed one is remembered for the summary and the exit status.
+#[derive(Default)]
+struct Checks {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Checks {
+    fn record(&mut self, ok: bool, what: &str) {
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed.push(what.to_string());
+        }
+    }
+}
+
+/// Writes the country database and the config into `dir`; returns the config's path.
+fn write_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    // Networks as in MaxMind's test data, so the addresses match what the docs quote.
+    let mut db = MmdbBuilder::new(6, "GeoIP2-Country").alias_ipv4_mapped(true);
+    db.insert("81.2.69.0/24".parse()?, "GB");
+    db.insert("89.160.20.0/24".parse()?, "SE");
+    db.insert("2001:218::/32".parse()?, "JP");
+    db.write_to(&dir.join("countries.mmdb"))
+        .context("writing the country database")?;
+
+    let config = format!(
+        r#"# Written by `cargo xtask demo`.
+[kernel]
+interfaces = ["{IF_GW_CLIENT}"]
+attach_mode = "auto"
+pin_root = "{PIN_ROOT}"
+ban_sweep_interval = "1s"   # the program ignores expired bans; the sweep removes them
+
+[allow]
+# The management host always passes, whatever the rules below say.
+cidrs = ["{management}"]
+
+[[deny]]
+name = "{DENY_SET}"
+cidrs = ["192.0.2.0/24"]
+
+[geo]
+database = "countries.mmdb"   # GB 81.2.69.0/24, SE 89.160.20.0/24, JP 2001:218::/32
+block = ["SE"]
+unknown = "pass"
+
+[log]
+format = "json"
+"#,
+        management = MANAGEMENT.addr
+    );
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, config).context("writing the config")?;
+    Ok(path)
+}
+
+/// Holds an abstract Unix socket for the demo's lifetime: a second demo would share its
+/// namespace names and pin root, so it must not start (and the kernel frees the name on exit).
+fn single_instance() -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"portcullis-demo")?;
+    std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => anyhow!("another `cargo xtask demo` is running"),
+        _ => anyhow!("taking the demo lock: {e}"),
+    })
+}
+
+/// Removes what a demo killed with SIGKILL could not (we hold the lock, so none is running).
+fn remove_leftovers() -> anyhow::Result<()> {
+    for ns in [NS_CLIENT, NS_GATEWAY, NS_BACKEND] {
+        if netns_path(ns).exists() {
+            println!("note: removing namespace {ns} left by an interrupted demo");
+            cmd("ip", &["netns", "del", ns])?;
+        }
+    }
+    if Path::new(PIN_ROOT).exists() {
+        println!("note: removing pins under {PIN_ROOT} left by an interrupted demo");
+        drop(Pins);
+    }
+    Ok(())
+}
+
+/// Runs a command; its stdout, or an error with its stderr.
+fn cmd(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip -n <ns> args...`
+fn ip(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    cmd("ip", &full)
+}
+
+fn netns_path(ns: &str) -> PathBuf {
+    Path::new("/var/run/netns").join(ns)
+}
+
+/// Moves the calling thread into namespace `ns` (setns affects only this thread).
+fn enter_netns(ns: &str) -> io::Result<()> {
+    let file = File::open(netns_path(ns))?;
+    // SAFETY: setns with a valid namespace fd; it changes only the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a fresh thread inside namespace `ns`, so the sockets it makes live there.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<T> {
+            enter_netns(ns).with_context(|| format!("entering namespace {ns}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("a thread in namespace {ns} panicked"))?
+    })
+}
+
+/// Sets sysctls inside `ns` (`/proc/sys/net` shows the namespace of the process reading it).
+fn sysctl(ns: &str, settings: &[&str]) -> anyhow::Result<()> {
+    cmd(
+        "ip",
+        &[&["netns", "exec", ns, "sysctl", "-qw"][..], settings].concat(),
+    )?;
+    Ok(())
+}
+
+/// Whether `dev` in `ns` has an XDP program (`None` if the device is gone).
+fn xdp_attached(ns: &str, dev: &str) -> Option<bool> {
+    let text = ip(ns, &["link", "show", "dev", dev]).ok()?;
+    Some(text.split_whitespace().any(|w| w.starts_with("xdp")))
+}
+
+/// The three namespaces, deleted on drop (which also removes the veths inside them).
+struct Topology {
+    namespaces: Vec<&'static str>,
+}
+
+impl Topology {
+    fn create() -> anyhow::Result<Self> {
+        // Pushed one by one, so a failure half-way still deletes what was made.
+        let mut topology = Self {
+            namespaces: Vec::new(),
+        };
+        for ns in [NS_CLIENT, NS_GATEWAY, NS_BACKEND] {
+            cmd("ip", &["netns", "add", ns])?;
+            topology.namespaces.push(ns);
+            ip(ns, &["link", "set", "lo", "up"])?;
+            // Without duplicate address detection every address is usable at once; with it,
+            // IPv6 through the gateway only works after the link-local addresses settle (~2 s).
+            sysctl(
+                ns,
+                &[
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )?;
+        }
+        wire_clients()?;
+        wire_backend()?;
+        // The gateway is a router for now (the proxy comes in a later issue).
+        sysctl(
+            NS_GATEWAY,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        )?;
+        Ok(topology)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = cmd("ip", &["netns", "del", ns]) {
+                eprintln!("cleaning up: {e:#}");
+            }
+        }
+    }
+}
+
+/// Client namespace <-> gateway: every client address on one veth, routed via the gateway.
+fn wire_clients() -> anyhow::Result<()> {
+    veth(IF_CLIENT, NS_CLIENT, IF_GW_CLIENT, NS_GATEWAY)?;
+    add_address(NS_GATEWAY, IF_GW_CLIENT, GW_CLIENT_V4)?;
+    add_address(NS_GATEWAY, IF_GW_CLIENT, GW_CLIENT_V6)?;
+    for c in CLIENTS {
+        add_address(NS_CLIENT, IF_CLIENT, c.addr)?;
+        ip(NS_GATEWAY, &["route", "add", c.addr, "dev", IF_GW_CLIENT])?;
+    }
+    for gw in [GW_CLIENT_V4, GW_CLIENT_V6] {
+        ip(NS_CLIENT, &["route", "add", gw, "dev", IF_CLIENT])?;
+        ip(
+            NS_CLIENT,
+            &["route", "add", default_of(gw), "via", gw, "dev", IF_CLIENT],
+        )?;
+    }
+    // Static neighbours both ways: ARP and NDP replies carry the client's address, and the
+    // filter drops some of those, which must not make the allowed clients unreachable.
+    let gw_mac = mac(NS_GATEWAY, IF_GW_CLIENT)?;
+    let client_mac = mac(NS_CLIENT, IF_CLIENT)?;
+    for gw in [GW_CLIENT_V4, GW_CLIENT_V6] {
+        ip(
+            NS_CLIENT,
+            &[
+                "neigh",
+                "replace",
+                gw,
+                "lladdr",
+                &gw_mac,
+                "dev",
+                IF_CLIENT,
+                "nud",
+                "permanent",
+            ],
+        )?;
+    }
+    for c in CLIENTS {
+        ip(
+            NS_GATEWAY,
+            &[
+                "neigh",
+                "replace",
+                c.addr,
+                "lladdr",
+                &client_mac,
+                "dev",
+                IF_GW_CLIENT,
+                "nud",
+                "permanent",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Gateway <-> backend: one small subnet per family, the backend's default route via the gateway.
+fn wire_backend() -> anyhow::Result<()> {
+    veth(IF_GW_BACKEND, NS_GATEWAY, IF_BACKEND, NS_BACKEND)?;
+    for (ns, dev, addr) in [
+        (NS_GATEWAY, IF_GW_BACKEND, format!("{GW_BACKEND_V4}/24")),
+        (NS_GATEWAY, IF_GW_BACKEND, format!("{GW_BACKEND_V6}/64")),
+        (NS_BACKEND, IF_BACKEND, format!("{BACKEND_V4}/24")),
+        (NS_BACKEND, IF_BACKEND, format!("{BACKEND_V6}/64")),
+    ] {
+        add_address(ns, dev, &addr)?;
+    }
+    for gw in [GW_BACKEND_V4, GW_BACKEND_V6] {
+        ip(NS_BACKEND, &["route", "add", default_of(gw), "via", gw])?;
+    }
+    Ok(())
+}
+
+/// A veth pair created directly inside two namespaces, both ends up.
+fn veth(a: &str, a_ns: &str, b: &str, b_ns: &str) -> anyhow::Result<()> {
+    cmd(
+        "ip",
+        &[
+            "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+        ],
+    )?;
+    ip(a_ns, &["link", "set", a, "up"])?;
+    ip(b_ns, &["link", "set", b, "up"])?;
+    Ok(())
+}
+
+/// Adds an address; a bare one is a host address (/32 or /128).
+fn add_address(ns: &str, dev: &str, addr: &str) -> anyhow::Result<()> {
+    ip(ns, &["addr", "add", addr, "dev", dev])?;
+    Ok(())
+}
+
+/// `default` in the family of `addr` (`ip route add default` alone means IPv4).
+fn default_of(addr: &str) -> &'static str {
+    if addr.contains(':') {
+        "::/0"
+    } else {
+        "0.0.0.0/0"
+    }
+}
+
+/// The MAC address of `dev` in `ns`, from `ip -br link`: `name state mac flags`.
+fn mac(ns: &str, dev: &str) -> anyhow::Result<String> {
+    let text = ip(ns, &["-br", "link", "show", "dev", dev])?;
+    text.split_whitespace()
+        .nth(2)
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no MAC address for {dev} in `{text}`"))
+}
+
+/// The backend: a tiny HTTP server on a thread inside the backend namespace, stopped on drop.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start() -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready, bound) = mpsc::channel();
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let listener = enter_netns(NS_BACKEND)
+                .and_then(|()| TcpListener::bind(("::", HTTP_PORT)))
+                // Non-blocking, so the loop notices the stop flag.
+                .and_then(|l| l.set_nonblocking(true).map(|()| l));
+            match listener {
+                Ok(l) => {
+                    let _ = ready.send(Ok(()));
+                    serve(&l, &flag);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            }
+        });
+        let backend = Self {
+            stop,
+            thread: Some(thread),
+        };
+        bound
+            .recv()?
+            .context("starting the backend's HTTP server")?;
+        Ok(backend)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(listener: &TcpListener, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let _ = answer(stream, peer);
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Reads the request head and answers 200 with the client address the backend saw (routed,
+/// not translated: the backend sees the real client).
+fn answer(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let body = format!("hello from the backend, {}\n", peer.ip().to_canonical());
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Removes everything under the demo's pin root on drop (detaching the XDP link first).
+struct Pins;
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if !Path::new(PIN_ROOT).exists() {
+            return;
+        }
+        if let Err(e) = kernel::teardown(Path::new(PIN_ROOT)) {
+            eprintln!("cleaning up {PIN_ROOT}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(PIN_ROOT);
+    }
+}
+
+/// The `portcullis run` process in the gateway namespace; stopped (by its pid) on drop.
+struct Gateway {
+    child: Child,
+    log: PathBuf,
+    log_lines_shown: usize,
+}
+
+impl Gateway {
+    fn start(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+        // Not `ip netns exec`: it also remounts /sys for the namespace, which hides the host's
+        // bpffs at /sys/fs/bpf, so the pins would not be where `portcullis stats` looks. Joining
+        // only the network namespace (like `nsenter --net=`) keeps the mounts.
+        let netns = File::open(netns_path(NS_GATEWAY)).context("opening the gateway namespace")?;
+        let netns_fd = netns.as_raw_fd();
+        let log_file = File::create(log).context("creating the gateway log")?;
+        let mut command = Command::new(bin);
+        command
+            .args(["run", "-c"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            // Its own process group: Ctrl-C reaches only the demo, which then stops it in order.
+            .process_group(0);
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Should the demo itself be killed outright, the gateway goes too.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        drop(netns);
+        Ok(Self {
+            child,
+            log: log.to_path_buf(),
+            log_lines_shown: 0,
+        })
+    }
+
+    /// Starting and attaching take a moment: poll the pins until the link shows up.
+    fn wait_attached(&mut self) -> anyhow::Result<()> {
+        println!();
+        println!(
+            "  $ nsenter --net=/var/run/netns/{NS_GATEWAY} portcullis run -c portcullis.toml &"
+        );
+        let layout = PinLayout::new(Path::new(PIN_ROOT));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let attached = loop {
+            interrupt::check()?;
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "portcullis exited ({status}) before attaching; its log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Some(a) = kernel::attachments(&layout)?
+                .into_iter()
+                .find(|a| a.interface == IF_GW_CLIENT)
+            {
+                break a;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "portcullis did not attach within 20 s; its log:\n{}",
+                    self.log_text()
+                );
+            }
+            interrupt::pause(Duration::from_millis(100))?;
+        };
+        // The JSON log lines are what an operator's collector would receive.
+        for line in self.new_log_lines() {
+            println!("  | {line}");
+        }
+        println!(
+            "  portcullis (pid {}) attached XDP to {} in {} mode",
+            self.child.id(),
+            attached.interface,
+            attached.mode.as_str()
+        );
+        Ok(())
+    }
+
+    /// SIGTERM (the graceful stop), then SIGKILL if it has not exited within 5 s.
+    fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: kill with our own child's pid; it is not reaped yet, so the pid is still ours.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Log lines not shown yet.
+    fn new_log_lines(&mut self) -> Vec<String> {
+        let lines: Vec<String> = self
+            .log_text()
+            .lines()
+            .skip(self.log_lines_shown)
+            .map(str::to_string)
+            .collect();
+        self.log_lines_shown += lines.len();
+        lines
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("stopping portcullis (pid {}): {e:#}", self.child.id());
+        }
+    }
+}
+
+/// Ctrl-C (and SIGTERM, SIGHUP) only raise a flag; the demo checks it between steps and returns
+/// an error, so every guard still runs. Waits are short or sliced, so it stops promptly.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn install() {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+            unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+        }
+    }
+
+    pub fn check() -> anyhow::Result<()> {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            anyhow::bail!("interrupted; everything the demo created has been removed");
+        }
+        Ok(())
+    }
+
+    /// Sleeps for `d`, waking early on an interrupt.
+    pub fn pause(d: Duration) -> anyhow::Result<()> {
+        let end = Instant::now() + d;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            check()?;
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+        check()
+    }
+}
