@@ -1,5 +1,5 @@
 //! Builds the XDP programs for the BPF target (nightly + bpf-linker, installed by
-//! scripts/setup.sh) and leaves the objects in OUT_DIR for `include_bytes!`.
+//! xtask/setup.sh) and leaves the objects in OUT_DIR for `include_bytes!`.
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
@@ -9,5 +9,5 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
-        .context("building the XDP programs (run scripts/setup.sh if bpf-linker is missing)")
+        .context("building the XDP programs (run xtask/setup.sh if bpf-linker is missing)")
 }

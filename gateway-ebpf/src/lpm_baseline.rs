@@ -9,10 +9,7 @@ mod parse;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{
-        LpmTrie,
-        lpm_trie::Key,
-    },
+    maps::{LpmTrie, lpm_trie::Key},
     programs::XdpContext,
 };
 use parse::Source;

@@ -16,8 +16,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    BAN_LEN_SLOTS, BAN_LENS_V4, BAN_LENS_V6, BanEntry, BanKey, CHILD_FLAG, COUNTER_NAME_LEN, Counter, Decision, FAMILY_V4,
-    FAMILY_V6, NO_COUNTER, Node, ROOT_NODES, action, ban_reason, meta, slot,
+    BAN_LEN_SLOTS, BAN_LENS_V4, BAN_LENS_V6, BanEntry, BanKey, CHILD_FLAG, COUNTER_NAME_LEN,
+    Counter, Decision, FAMILY_V4, FAMILY_V6, NO_COUNTER, Node, ROOT_NODES, action, ban_reason,
+    meta, slot,
 };
 use parse::Source;
 
@@ -119,8 +120,12 @@ fn banned(family: u8, addr: &[u8; 16], lens_entry: u32) -> Option<u32> {
     if lens == 0 {
         return None;
     }
-    let hi = u64::from_be_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
-    let lo = u64::from_be_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
     for i in 0..BAN_LEN_SLOTS {
         let stored = (lens >> (8 * i)) & 0xff;
         if stored == 0 {
@@ -142,7 +147,7 @@ fn banned(family: u8, addr: &[u8; 16], lens_entry: u32) -> Option<u32> {
         };
         // SAFETY: the entry is read at once; the program runs in an RCU read-side section, so
         // a concurrent delete cannot free it under us.
-        if let Some(entry) = unsafe { BANS.get(&key) } {
+        if let Some(entry) = unsafe { BANS.get(key) } {
             // SAFETY: plain helper call without arguments.
             if entry.expires_at_ns == 0 || unsafe { bpf_ktime_get_ns() } < entry.expires_at_ns {
                 return Some(entry.reason);

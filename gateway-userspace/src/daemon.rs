@@ -29,11 +29,18 @@ pub fn apply(kernel: &mut KernelControl, config: &Config) -> anyhow::Result<Relo
     let compiled = table::compile(&config.rules).context("compiling the kernel rules")?;
     let compiled_ms = started.elapsed().as_millis();
     let outcome = kernel
-        .apply(&compiled, &config.kernel.interfaces, attach_mode(config.kernel.attach_mode))
+        .apply(
+            &compiled,
+            &config.kernel.interfaces,
+            attach_mode(config.kernel.attach_mode),
+        )
         .context("loading the rules into the kernel")?;
     match &outcome {
         ReloadOutcome::Unchanged { generation } => {
-            info!(generation, "kernel rules unchanged; adopted the pinned program")
+            info!(
+                generation,
+                "kernel rules unchanged; adopted the pinned program"
+            )
         }
         ReloadOutcome::Swapped {
             generation,

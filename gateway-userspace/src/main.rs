@@ -14,7 +14,11 @@ use portcullis::rules::{Prefix, table};
 const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Kernel-assisted API protection gateway")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Kernel-assisted API protection gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,7 +153,10 @@ fn main() -> ExitCode {
         Err(Failure::Config(errors)) => {
             eprintln!("{errors}");
             let n = errors.len();
-            eprintln!("{n} error{} in the configuration", if n == 1 { "" } else { "s" });
+            eprintln!(
+                "{n} error{} in the configuration",
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::from(EXIT_CONFIG)
         }
         Err(Failure::Other(e)) => {
@@ -250,12 +257,17 @@ fn ban(action: BanCommand) -> Result<(), Failure> {
             } else if bans.is_empty() {
                 println!("no bans");
             } else {
-                println!("{:<44} {:<13} {}", "PREFIX", "REASON", "EXPIRES IN");
+                println!("{:<44} {:<13} EXPIRES IN", "PREFIX", "REASON");
                 for b in bans {
                     let left = b.remaining.map_or("never".to_string(), |d| {
-                        humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+                        humantime::format_duration(Duration::from_secs(d.as_secs().max(1)))
+                            .to_string()
                     });
-                    println!("{:<44} {:<13} {left}", b.prefix.to_string(), b.reason.name());
+                    println!(
+                        "{:<44} {:<13} {left}",
+                        b.prefix.to_string(),
+                        b.reason.name()
+                    );
                 }
             }
         }
@@ -284,9 +296,18 @@ fn stats(pin_root: &Path, json: bool) -> Result<(), Failure> {
     if attached.is_empty() {
         println!("not attached to any interface");
     }
-    println!("{:<8} {:<28} {:>14} {:>16}", "VERDICT", "REASON", "PACKETS", "BYTES");
+    println!(
+        "{:<8} {:<28} {:>14} {:>16}",
+        "VERDICT", "REASON", "PACKETS", "BYTES"
+    );
     for c in &counters {
-        println!("{:<8} {:<28} {:>14} {:>16}", c.verdict(), c.reason(), c.packets, c.bytes);
+        println!(
+            "{:<8} {:<28} {:>14} {:>16}",
+            c.verdict(),
+            c.reason(),
+            c.packets,
+            c.bytes
+        );
     }
     Ok(())
 }

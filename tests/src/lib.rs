@@ -42,7 +42,10 @@ pub fn portcullis_bin() -> std::path::PathBuf {
     }
     // target/<profile>/deps/<test> -> target/<profile>/portcullis
     let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
     let bin = dir.join("portcullis");
     assert!(
         bin.exists(),

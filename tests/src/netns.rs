@@ -62,7 +62,9 @@ impl Netns {
     /// is the program's.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/var/run/netns/{}", self.name)).arg("--").arg(program);
+        c.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -74,7 +76,12 @@ impl Netns {
                 let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
                 // SAFETY: setns on a valid namespace fd affects only this thread.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
+                assert_eq!(
+                    rc,
+                    0,
+                    "setns into {path}: {}",
+                    std::io::Error::last_os_error()
+                );
                 f()
             })
             .join()
@@ -85,7 +92,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -114,8 +123,18 @@ impl Link {
         run(
             "ip",
             &[
-                "link", "add", &client_if, "netns", client.name(), "type", "veth", "peer", "name",
-                &gateway_if, "netns", gateway.name(),
+                "link",
+                "add",
+                &client_if,
+                "netns",
+                client.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &gateway_if,
+                "netns",
+                gateway.name(),
             ],
         );
         for (ns, dev) in [(&client, &client_if), (&gateway, &gateway_if)] {
@@ -123,8 +142,21 @@ impl Link {
             ns.ip(&["route", "add", "default", "dev", dev]);
             ns.ip(&["-6", "route", "add", "default", "dev", dev]);
         }
-        gateway.ip(&["addr", "add", &format!("{GATEWAY_V4}/32"), "dev", &gateway_if]);
-        gateway.ip(&["addr", "add", &format!("{GATEWAY_V6}/128"), "dev", &gateway_if, "nodad"]);
+        gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{GATEWAY_V4}/32"),
+            "dev",
+            &gateway_if,
+        ]);
+        gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{GATEWAY_V6}/128"),
+            "dev",
+            &gateway_if,
+            "nodad",
+        ]);
         for a in client_addrs {
             let (prefix, extra): (String, &[&str]) = if a.contains(':') {
                 (format!("{a}/128"), &["nodad"])
@@ -140,10 +172,30 @@ impl Link {
         let gw_mac = mac(&gateway, &gateway_if);
         let client_mac = mac(&client, &client_if);
         for gw in [GATEWAY_V4, GATEWAY_V6] {
-            client.ip(&["neigh", "replace", gw, "lladdr", &gw_mac, "dev", &client_if, "nud", "permanent"]);
+            client.ip(&[
+                "neigh",
+                "replace",
+                gw,
+                "lladdr",
+                &gw_mac,
+                "dev",
+                &client_if,
+                "nud",
+                "permanent",
+            ]);
         }
         for a in client_addrs {
-            gateway.ip(&["neigh", "replace", a, "lladdr", &client_mac, "dev", &gateway_if, "nud", "permanent"]);
+            gateway.ip(&[
+                "neigh",
+                "replace",
+                a,
+                "lladdr",
+                &client_mac,
+                "dev",
+                &gateway_if,
+                "nud",
+                "permanent",
+            ]);
         }
         Self {
             client,
@@ -168,7 +220,9 @@ impl Link {
 
     /// A UDP socket in the gateway namespace, on both families.
     pub fn receiver(&self) -> Receiver {
-        let socket = self.gateway.enter(|| UdpSocket::bind("[::]:0").expect("bind the gateway socket"));
+        let socket = self
+            .gateway
+            .enter(|| UdpSocket::bind("[::]:0").expect("bind the gateway socket"));
         socket
             .set_read_timeout(Some(Duration::from_millis(300)))
             .expect("socket timeout");
@@ -206,8 +260,13 @@ impl Link {
 /// Sends one datagram from `sock` (bound to `src`) to the gateway address of its family.
 /// Returns whether the kernel accepted it (a full queue refuses with ENOBUFS).
 pub fn send_to_gateway(sock: &UdpSocket, src: IpAddr, port: u16) -> bool {
-    let dst: IpAddr = if src.is_ipv4() { GATEWAY_V4.parse().unwrap() } else { GATEWAY_V6.parse().unwrap() };
-    sock.send_to(b"portcullis test datagram", SocketAddr::new(dst, port)).is_ok()
+    let dst: IpAddr = if src.is_ipv4() {
+        GATEWAY_V4.parse().unwrap()
+    } else {
+        GATEWAY_V6.parse().unwrap()
+    };
+    sock.send_to(b"portcullis test datagram", SocketAddr::new(dst, port))
+        .is_ok()
 }
 
 /// The gateway's receiving socket.

@@ -16,7 +16,10 @@ use portcullis_tests::pins::PinRoot;
 use portcullis_tests::{portcullis_bin, require_privileges};
 
 fn portcullis(args: &[&str]) -> Output {
-    Command::new(portcullis_bin()).args(args).output().expect("run portcullis")
+    Command::new(portcullis_bin())
+        .args(args)
+        .output()
+        .expect("run portcullis")
 }
 
 fn text(b: &[u8]) -> String {
@@ -57,33 +60,78 @@ fn ban_commands_round_trip() {
     }
     let pins = PinRoot::new();
     // A loaded (unattached) generation creates the pinned maps the commands work on.
-    let _g = Generation::load(&PinLayout::new(pins.path()), &compile(&RuleSet::default()).unwrap()).unwrap();
+    let _g = Generation::load(
+        &PinLayout::new(pins.path()),
+        &compile(&RuleSet::default()).unwrap(),
+    )
+    .unwrap();
     let root = pins.path().to_str().unwrap();
-    let out = portcullis(&["ban", "add", "192.0.2.1", "--ttl", "1h", "--reason", "auth-failure", "--pin-root", root]);
+    let out = portcullis(&[
+        "ban",
+        "add",
+        "192.0.2.1",
+        "--ttl",
+        "1h",
+        "--reason",
+        "auth-failure",
+        "--pin-root",
+        root,
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = portcullis(&["ban", "add", "2001:db8::/32", "--pin-root", root]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let list = text(&portcullis(&["ban", "list", "--pin-root", root]).stdout);
-    assert!(list.contains("192.0.2.1/32") && list.contains("auth-failure"), "{list}");
-    assert!(list.contains("2001:db8::/32") && list.contains("never"), "{list}");
+    assert!(
+        list.contains("192.0.2.1/32") && list.contains("auth-failure"),
+        "{list}"
+    );
+    assert!(
+        list.contains("2001:db8::/32") && list.contains("never"),
+        "{list}"
+    );
     let json: serde_json::Value =
-        serde_json::from_slice(&portcullis(&["ban", "list", "--json", "--pin-root", root]).stdout).unwrap();
+        serde_json::from_slice(&portcullis(&["ban", "list", "--json", "--pin-root", root]).stdout)
+            .unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);
-    assert!(portcullis(&["ban", "rm", "192.0.2.1", "--pin-root", root]).status.success());
+    assert!(
+        portcullis(&["ban", "rm", "192.0.2.1", "--pin-root", root])
+            .status
+            .success()
+    );
     let again = portcullis(&["ban", "rm", "192.0.2.1", "--pin-root", root]);
     assert!(!again.status.success() && text(&again.stderr).contains("was not banned"));
     let bad = portcullis(&["ban", "add", "10.0.0.1/8", "--pin-root", root]);
-    assert!(!bad.status.success() && text(&bad.stderr).contains("10.0.0.0/8"), "{}", text(&bad.stderr));
+    assert!(
+        !bad.status.success() && text(&bad.stderr).contains("10.0.0.0/8"),
+        "{}",
+        text(&bad.stderr)
+    );
     let stats: serde_json::Value =
-        serde_json::from_slice(&portcullis(&["stats", "--json", "--pin-root", root]).stdout).unwrap();
-    assert!(stats["counters"].as_array().unwrap().iter().any(|c| c["reason"] == "no-rule"));
+        serde_json::from_slice(&portcullis(&["stats", "--json", "--pin-root", root]).stdout)
+            .unwrap();
+    assert!(
+        stats["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["reason"] == "no-rule")
+    );
 }
 
 #[test]
 fn commands_on_nothing_pinned_say_so() {
-    let out = portcullis(&["ban", "list", "--pin-root", "/sys/fs/bpf/portcullis-nothing-here"]);
+    let out = portcullis(&[
+        "ban",
+        "list",
+        "--pin-root",
+        "/sys/fs/bpf/portcullis-nothing-here",
+    ]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("no Portcullis state is pinned"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no Portcullis state is pinned"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A `portcullis run` inside the gateway namespace, killed on drop if still running.
@@ -161,7 +209,9 @@ fn write_config(path: &Path, interface: &str, pin_root: &Path, deny: &[&str]) {
 }
 
 fn generation(pins: &Path) -> u64 {
-    read_meta(&PinLayout::new(pins), gateway_common::meta::GENERATION).unwrap().unwrap_or(0)
+    read_meta(&PinLayout::new(pins), gateway_common::meta::GENERATION)
+        .unwrap()
+        .unwrap_or(0)
 }
 
 const A: &str = "192.0.2.10";
@@ -176,7 +226,8 @@ fn received(link: &Link) -> (bool, bool) {
 
 #[test]
 fn run_reloads_on_sighup_survives_sigkill_adopts_on_restart_and_detaches() {
-    if !require_privileges("run_reloads_on_sighup_survives_sigkill_adopts_on_restart_and_detaches") {
+    if !require_privileges("run_reloads_on_sighup_survives_sigkill_adopts_on_restart_and_detaches")
+    {
         return;
     }
     let link = Link::new(&[A, B]);
@@ -187,7 +238,9 @@ fn run_reloads_on_sighup_survives_sigkill_adopts_on_restart_and_detaches() {
     let layout = PinLayout::new(pins.path());
 
     let daemon = Daemon::start(&link, &cfg);
-    wait_for("the filter to attach", || !attachments(&layout).unwrap().is_empty());
+    wait_for("the filter to attach", || {
+        !attachments(&layout).unwrap().is_empty()
+    });
     assert_eq!(received(&link), (false, true), "A is denied, B passes");
     let first = generation(pins.path());
 
@@ -195,7 +248,11 @@ fn run_reloads_on_sighup_survives_sigkill_adopts_on_restart_and_detaches() {
     std::fs::write(&cfg, "[kernel]\ninterfaces = [\"x\"]\nbogus = 1\n").unwrap();
     daemon.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(generation(pins.path()), first, "a broken config must not load");
+    assert_eq!(
+        generation(pins.path()),
+        first,
+        "a broken config must not load"
+    );
     assert_eq!(received(&link), (false, true));
 
     // A good config is applied on SIGHUP.
@@ -208,8 +265,15 @@ fn run_reloads_on_sighup_survives_sigkill_adopts_on_restart_and_detaches() {
     // SIGKILL: no cleanup runs, and the pinned filter keeps dropping.
     daemon.signal(libc::SIGKILL);
     let log = daemon.wait();
-    assert!(log.contains("reload refused"), "the refusal is logged: {log}");
-    assert_eq!(received(&link), (true, false), "protection survives the process");
+    assert!(
+        log.contains("reload refused"),
+        "the refusal is logged: {log}"
+    );
+    assert_eq!(
+        received(&link),
+        (true, false),
+        "protection survives the process"
+    );
 
     // A restart with the same config adopts what is pinned instead of loading again.
     let daemon = Daemon::start(&link, &cfg);
@@ -218,12 +282,20 @@ fn run_reloads_on_sighup_survives_sigkill_adopts_on_restart_and_detaches() {
     let log = daemon.wait();
     assert!(log.contains("adopted the pinned program"), "{log}");
     assert_eq!(generation(pins.path()), reloaded);
-    assert_eq!(received(&link), (true, false), "SIGTERM leaves the filter in place");
+    assert_eq!(
+        received(&link),
+        (true, false),
+        "SIGTERM leaves the filter in place"
+    );
 
     // `detach` removes everything: traffic flows and nothing stays pinned.
     let out = portcullis(&["detach", "--pin-root", pins.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("removed link"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("removed link"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(received(&link), (true, true));
     assert!(!pins.path().exists(), "the pin root is gone");
 }

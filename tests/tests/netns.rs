@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use portcullis::kernel::{AttachMode, AttachedMode, BanReason, Bans, Counters, KernelControl, PinLayout, ReloadOutcome};
+use portcullis::kernel::{
+    AttachMode, AttachedMode, BanReason, Bans, Counters, KernelControl, PinLayout, ReloadOutcome,
+};
 use portcullis::rules::table::compile;
 use portcullis::rules::{CountryCode, DenySet, GeoRules, Mode, Prefix, RuleSet, UnknownCountry};
 use portcullis_tests::netns::{Link, send_to_gateway, xdp_mode};
@@ -41,18 +43,29 @@ fn deny_rules(mode: Mode) -> RuleSet {
 }
 
 /// Attaches `rules` to the link's gateway end (from inside the gateway namespace).
-fn attach(link: &Link, pins: &PinRoot, rules: &RuleSet, mode: AttachMode) -> (KernelControl, ReloadOutcome) {
+fn attach(
+    link: &Link,
+    pins: &PinRoot,
+    rules: &RuleSet,
+    mode: AttachMode,
+) -> (KernelControl, ReloadOutcome) {
     let compiled = compile(rules).unwrap();
     let interfaces = vec![link.gateway_if.clone()];
     link.gateway.enter(|| {
         let mut k = KernelControl::new(pins.path());
-        let outcome = k.apply(&compiled, &interfaces, mode).expect("attach the filter");
+        let outcome = k
+            .apply(&compiled, &interfaces, mode)
+            .expect("attach the filter");
         (k, outcome)
     })
 }
 
 fn counter(pins: &Path, name: &str) -> u64 {
-    Counters::open(&PinLayout::new(pins)).unwrap().get(name).unwrap().packets
+    Counters::open(&PinLayout::new(pins))
+        .unwrap()
+        .get(name)
+        .unwrap()
+        .packets
 }
 
 #[test]
@@ -65,11 +78,18 @@ fn denied_ranges_are_dropped_on_the_wire_in_native_mode() {
     let (_k, outcome) = attach(&link, &pins, &deny_rules(Mode::Enforce), AttachMode::Auto);
     match outcome {
         ReloadOutcome::Swapped { attached, .. } => {
-            assert_eq!(attached[0].0.mode, AttachedMode::Native, "veth supports native XDP")
+            assert_eq!(
+                attached[0].0.mode,
+                AttachedMode::Native,
+                "veth supports native XDP"
+            )
         }
         other => panic!("expected a fresh attach, got {other:?}"),
     }
-    assert_eq!(xdp_mode(&link.gateway, &link.gateway_if).as_deref(), Some("xdp"));
+    assert_eq!(
+        xdp_mode(&link.gateway, &link.gateway_if).as_deref(),
+        Some("xdp")
+    );
 
     let got = link.udp_exchange(&[ip(ALLOWED4), ip(DENIED4), ip(ALLOWED6), ip(DENIED6)], 20);
     assert_eq!(got.get(&ip(ALLOWED4)), Some(&20), "{got:?}");
@@ -87,9 +107,16 @@ fn generic_mode_when_asked_and_report_only_passes_but_counts() {
     let link = Link::new(&[DENIED4, DENIED6]);
     let pins = PinRoot::new();
     attach(&link, &pins, &deny_rules(Mode::Report), AttachMode::Generic);
-    assert_eq!(xdp_mode(&link.gateway, &link.gateway_if).as_deref(), Some("xdpgeneric"));
+    assert_eq!(
+        xdp_mode(&link.gateway, &link.gateway_if).as_deref(),
+        Some("xdpgeneric")
+    );
     let got = link.udp_exchange(&[ip(DENIED4), ip(DENIED6)], 15);
-    assert_eq!(got.get(&ip(DENIED4)), Some(&15), "report-only must pass: {got:?}");
+    assert_eq!(
+        got.get(&ip(DENIED4)),
+        Some(&15),
+        "report-only must pass: {got:?}"
+    );
     assert_eq!(got.get(&ip(DENIED6)), Some(&15), "{got:?}");
     assert_eq!(counter(pins.path(), "report/deny:test"), 30);
     assert_eq!(counter(pins.path(), "drop/deny:test"), 0);
@@ -113,7 +140,10 @@ fn geo_blocking_from_a_database_written_by_the_test() {
     let rules = RuleSet {
         geo: Some(GeoRules {
             mode: Mode::Enforce,
-            blocked: BTreeSet::from([CountryCode::parse("SE").unwrap(), CountryCode::parse("JP").unwrap()]),
+            blocked: BTreeSet::from([
+                CountryCode::parse("SE").unwrap(),
+                CountryCode::parse("JP").unwrap(),
+            ]),
             unknown: UnknownCountry::Pass,
             networks,
         }),
@@ -137,14 +167,18 @@ fn maxmind_test_database_conformance_on_the_wire() {
     if !require_privileges("maxmind_test_database_conformance_on_the_wire") {
         return;
     }
-    let Some(db) = portcullis_tests::shared_testdata("mmdb/test-data/GeoIP2-Country-Test.mmdb") else {
+    let Some(db) = portcullis_tests::shared_testdata("mmdb/test-data/GeoIP2-Country-Test.mmdb")
+    else {
         return;
     };
     let networks = portcullis::rules::geo::load_country_networks(&db).unwrap();
     let rules = RuleSet {
         geo: Some(GeoRules {
             mode: Mode::Enforce,
-            blocked: BTreeSet::from([CountryCode::parse("GB").unwrap(), CountryCode::parse("JP").unwrap()]),
+            blocked: BTreeSet::from([
+                CountryCode::parse("GB").unwrap(),
+                CountryCode::parse("JP").unwrap(),
+            ]),
             unknown: UnknownCountry::Pass,
             networks,
         }),
@@ -154,7 +188,10 @@ fn maxmind_test_database_conformance_on_the_wire() {
     let link = Link::new(&["81.2.69.142", "89.160.20.112", "2001:218::1"]);
     let pins = PinRoot::new();
     attach(&link, &pins, &rules, AttachMode::Auto);
-    let got = link.udp_exchange(&[ip("81.2.69.142"), ip("89.160.20.112"), ip("2001:218::1")], 10);
+    let got = link.udp_exchange(
+        &[ip("81.2.69.142"), ip("89.160.20.112"), ip("2001:218::1")],
+        10,
+    );
     assert_eq!(got.get(&ip("89.160.20.112")), Some(&10), "{got:?}");
     assert_eq!(got.get(&ip("81.2.69.142")), None, "{got:?}");
     assert_eq!(got.get(&ip("2001:218::1")), None, "{got:?}");
@@ -169,17 +206,37 @@ fn a_ban_drops_until_it_expires() {
     let pins = PinRoot::new();
     let (k, _) = attach(&link, &pins, &RuleSet::default(), AttachMode::Auto);
     let mut bans = Bans::open(k.layout()).unwrap();
-    bans.ban(p(ALLOWED4), Some(Duration::from_millis(1500)), BanReason::AuthFailure).unwrap();
-    bans.ban(p("2001:db8:1::/64"), Some(Duration::from_millis(1500)), BanReason::RateLimit).unwrap();
+    bans.ban(
+        p(ALLOWED4),
+        Some(Duration::from_millis(1500)),
+        BanReason::AuthFailure,
+    )
+    .unwrap();
+    bans.ban(
+        p("2001:db8:1::/64"),
+        Some(Duration::from_millis(1500)),
+        BanReason::RateLimit,
+    )
+    .unwrap();
     let banned_at = Instant::now();
     let got = link.udp_exchange(&[ip(ALLOWED4), ip(ALLOWED6)], 10);
-    assert!(banned_at.elapsed() < Duration::from_millis(1500), "the exchange took too long to judge");
-    assert!(got.is_empty(), "banned sources must not reach the gateway: {got:?}");
+    assert!(
+        banned_at.elapsed() < Duration::from_millis(1500),
+        "the exchange took too long to judge"
+    );
+    assert!(
+        got.is_empty(),
+        "banned sources must not reach the gateway: {got:?}"
+    );
     assert_eq!(counter(pins.path(), "drop/ban:auth-failure"), 10);
     assert_eq!(counter(pins.path(), "drop/ban:rate-limit"), 10);
     std::thread::sleep(Duration::from_millis(1600).saturating_sub(banned_at.elapsed()));
     let got = link.udp_exchange(&[ip(ALLOWED4), ip(ALLOWED6)], 10);
-    assert_eq!(got.get(&ip(ALLOWED4)), Some(&10), "the ban expired: {got:?}");
+    assert_eq!(
+        got.get(&ip(ALLOWED4)),
+        Some(&10),
+        "the ban expired: {got:?}"
+    );
     assert_eq!(got.get(&ip(ALLOWED6)), Some(&10), "{got:?}");
 }
 
@@ -195,8 +252,11 @@ fn reload_under_traffic_is_atomic() {
     // really loads and swaps a new generation.
     let variant = |i: usize| {
         let mut r = deny_rules(Mode::Enforce);
-        r.deny[0].prefixes.push(Prefix::new(ip("10.0.0.0"), 8 + (i % 2) as u8).unwrap());
-        r.allow.push(Prefix::new(ip("100.100.0.0"), 16 + (i % 3) as u8).unwrap());
+        r.deny[0]
+            .prefixes
+            .push(Prefix::new(ip("10.0.0.0"), 8 + (i % 2) as u8).unwrap());
+        r.allow
+            .push(Prefix::new(ip("100.100.0.0"), 16 + (i % 3) as u8).unwrap());
         compile(&r).unwrap()
     };
     let rx = link.receiver();
@@ -216,7 +276,7 @@ fn reload_under_traffic_is_atomic() {
                     }
                 }
                 rounds += 1;
-                if rounds % 50 == 0 {
+                if rounds.is_multiple_of(50) {
                     // Pace below what the receiver's buffer absorbs; losses would be ours.
                     std::thread::sleep(Duration::from_millis(1));
                     if reloads_done.load(Ordering::Relaxed) {
@@ -244,10 +304,25 @@ fn reload_under_traffic_is_atomic() {
     });
     let (rounds, sent) = sent;
     assert_eq!(n, RELOADS);
-    assert!(rounds >= 100, "too little traffic overlapped the reloads ({rounds} rounds)");
-    assert_eq!(got.get(&ip(DENIED4)), None, "a denied packet passed during a swap: {got:?}");
+    assert!(
+        rounds >= 100,
+        "too little traffic overlapped the reloads ({rounds} rounds)"
+    );
+    assert_eq!(
+        got.get(&ip(DENIED4)),
+        None,
+        "a denied packet passed during a swap: {got:?}"
+    );
     assert_eq!(got.get(&ip(DENIED6)), None, "{got:?}");
-    assert_eq!(got.get(&ip(ALLOWED4)), sent.get(&ip(ALLOWED4)), "an allowed packet was lost: {got:?} of {sent:?}");
-    assert_eq!(got.get(&ip(ALLOWED6)), sent.get(&ip(ALLOWED6)), "{got:?} of {sent:?}");
+    assert_eq!(
+        got.get(&ip(ALLOWED4)),
+        sent.get(&ip(ALLOWED4)),
+        "an allowed packet was lost: {got:?} of {sent:?}"
+    );
+    assert_eq!(
+        got.get(&ip(ALLOWED6)),
+        sent.get(&ip(ALLOWED6)),
+        "{got:?} of {sent:?}"
+    );
     eprintln!("{n} atomic reloads under {rounds} rounds of traffic");
 }

@@ -47,7 +47,16 @@ pub fn run(what: Which) -> anyhow::Result<()> {
         let name = match what {
             Which::Kernel => "kernel",
         };
-        return crate::cargo(&["run", "--release", "--quiet", "--package", "xtask", "--", "bench", name]);
+        return crate::cargo(&[
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "bench",
+            name,
+        ]);
     }
     match what {
         Which::Kernel => kernel(),
@@ -74,7 +83,10 @@ fn database() -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| crate::root().join("../shared/testdata"));
     let db = root.join("mmdb/real/dbip-country/dbip-country.mmdb");
     if !db.exists() {
-        bail!("{} not found: the kernel benchmark needs the real country database (set PORTCULLIS_TESTDATA)", db.display());
+        bail!(
+            "{} not found: the kernel benchmark needs the real country database (set PORTCULLIS_TESTDATA)",
+            db.display()
+        );
     }
     Ok(db)
 }
@@ -92,28 +104,58 @@ struct Case {
 }
 
 const CASES: [Case; 4] = [
-    Case { label: "IPv4 pass", v6: false, drop: false },
-    Case { label: "IPv4 drop", v6: false, drop: true },
-    Case { label: "IPv6 pass", v6: true, drop: false },
-    Case { label: "IPv6 drop", v6: true, drop: true },
+    Case {
+        label: "IPv4 pass",
+        v6: false,
+        drop: false,
+    },
+    Case {
+        label: "IPv4 drop",
+        v6: false,
+        drop: true,
+    },
+    Case {
+        label: "IPv6 pass",
+        v6: true,
+        drop: false,
+    },
+    Case {
+        label: "IPv6 drop",
+        v6: true,
+        drop: true,
+    },
 ];
 
 /// A host address inside `p` (random host bits).
 fn inside(p: &Prefix, rng: &mut Rng) -> IpAddr {
     let host = ((rng.next() as u128) << 64) | rng.next() as u128;
     if p.is_v6() {
-        let mask = if p.len() == 128 { 0 } else { u128::MAX >> p.len() };
+        let mask = if p.len() == 128 {
+            0
+        } else {
+            u128::MAX >> p.len()
+        };
         IpAddr::V6(Ipv6Addr::from(p.bits() | (host & mask)))
     } else {
         let base = (p.bits() >> 96) as u32;
-        let mask = if p.len() == 32 { 0 } else { u32::MAX >> p.len() };
+        let mask = if p.len() == 32 {
+            0
+        } else {
+            u32::MAX >> p.len()
+        };
         IpAddr::V4(Ipv4Addr::from(base | (host as u32 & mask)))
     }
 }
 
 /// Addresses for a case: inside networks of the set with the wanted verdict; with no such
 /// network (the empty set), addresses from the whole database.
-fn probes(set: &[(Prefix, CountryCode)], all: &[(Prefix, CountryCode)], blocked: &BTreeSet<CountryCode>, case: &Case, rng: &mut Rng) -> Vec<IpAddr> {
+fn probes(
+    set: &[(Prefix, CountryCode)],
+    all: &[(Prefix, CountryCode)],
+    blocked: &BTreeSet<CountryCode>,
+    case: &Case,
+    rng: &mut Rng,
+) -> Vec<IpAddr> {
     let pick = |list: &[(Prefix, CountryCode)]| -> Vec<Prefix> {
         list.iter()
             .filter(|(p, c)| p.is_v6() == case.v6 && blocked.contains(c) == case.drop)
@@ -148,7 +190,10 @@ struct Baseline {
 }
 
 impl Baseline {
-    fn load(set: &[(Prefix, CountryCode)], blocked: &BTreeSet<CountryCode>) -> anyhow::Result<Self> {
+    fn load(
+        set: &[(Prefix, CountryCode)],
+        blocked: &BTreeSet<CountryCode>,
+    ) -> anyhow::Result<Self> {
         let n4 = set.iter().filter(|(p, _)| !p.is_v6()).count() as u32;
         let n6 = set.len() as u32 - n4;
         let mut ebpf = aya::EbpfLoader::new()
@@ -176,14 +221,21 @@ impl Baseline {
             }
         }
         let fill_time = started.elapsed();
-        let prog: &mut Xdp = ebpf.program_mut("lpm_baseline").context("lpm_baseline program")?.try_into()?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("lpm_baseline")
+            .context("lpm_baseline program")?
+            .try_into()?;
         prog.load()?;
         Ok(Self { ebpf, fill_time })
     }
 
     fn fd(&self) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd as _;
-        let prog: &Xdp = self.ebpf.program("lpm_baseline").context("lpm_baseline")?.try_into()?;
+        let prog: &Xdp = self
+            .ebpf
+            .program("lpm_baseline")
+            .context("lpm_baseline")?
+            .try_into()?;
         Ok(prog.fd()?.as_fd())
     }
 
@@ -197,7 +249,11 @@ impl Baseline {
 }
 
 /// Mean and worst program time over the addresses, checking the verdict on the way.
-fn time_case(fd: std::os::fd::BorrowedFd<'_>, addrs: &[IpAddr], want_drop: bool) -> anyhow::Result<(f64, u32)> {
+fn time_case(
+    fd: std::os::fd::BorrowedFd<'_>,
+    addrs: &[IpAddr],
+    want_drop: bool,
+) -> anyhow::Result<(f64, u32)> {
     let mut sum = 0u64;
     let mut worst = 0;
     for a in addrs {
@@ -205,7 +261,11 @@ fn time_case(fd: std::os::fd::BorrowedFd<'_>, addrs: &[IpAddr], want_drop: bool)
         let r = test_run(fd, &frame, REPEAT).context("BPF_PROG_TEST_RUN")?;
         let dropped = r.retval == 1;
         if dropped != want_drop {
-            bail!("{a}: verdict {} but expected {}", r.retval, if want_drop { "drop" } else { "pass" });
+            bail!(
+                "{a}: verdict {} but expected {}",
+                r.retval,
+                if want_drop { "drop" } else { "pass" }
+            );
         }
         sum += u64::from(r.duration_ns);
         worst = worst.max(r.duration_ns);
@@ -218,7 +278,12 @@ fn kernel() -> anyhow::Result<()> {
     let started = Instant::now();
     let all = portcullis::rules::geo::load_country_networks(&db)?;
     let geo_load = started.elapsed();
-    println!("loaded {} networks from {} in {:.2?}", all.len(), db.display(), geo_load);
+    println!(
+        "loaded {} networks from {} in {:.2?}",
+        all.len(),
+        db.display(),
+        geo_load
+    );
     let countries: BTreeSet<CountryCode> = all.iter().map(|(_, c)| *c).collect();
     let blocked = blocked(&countries);
 
@@ -229,9 +294,20 @@ fn kernel() -> anyhow::Result<()> {
         order.swap(i, rng.below(i + 1));
     }
     let mut report = String::new();
-    writeln!(report, "Reading the database ({} networks) took {:.0} ms.\n", all.len(), geo_load.as_secs_f64() * 1e3)?;
-    writeln!(report, "## Program time per packet (BPF_PROG_TEST_RUN, repeat {REPEAT}, mean of {ADDRESSES_PER_CASE} addresses, worst in brackets)\n")?;
-    writeln!(report, "| prefixes | case | Portcullis (ns) | kernel LPM trie (ns) |")?;
+    writeln!(
+        report,
+        "Reading the database ({} networks) took {:.0} ms.\n",
+        all.len(),
+        geo_load.as_secs_f64() * 1e3
+    )?;
+    writeln!(
+        report,
+        "## Program time per packet (BPF_PROG_TEST_RUN, repeat {REPEAT}, mean of {ADDRESSES_PER_CASE} addresses, worst in brackets)\n"
+    )?;
+    writeln!(
+        report,
+        "| prefixes | case | Portcullis (ns) | kernel LPM trie (ns) |"
+    )?;
     writeln!(report, "|---:|---|---:|---:|")?;
     let mut memory_rows = Vec::new();
     for &size in &SIZES {
@@ -271,8 +347,14 @@ fn kernel() -> anyhow::Result<()> {
             baseline.fill_time.as_secs_f64() * 1e3,
         ));
     }
-    writeln!(report, "\n## Tables: memory (kernel memlock accounting) and load times\n")?;
-    writeln!(report, "| prefixes | nodes v4 | nodes v6 | Portcullis memory | LPM trie memory | compile | load (create, fill, verify) | LPM fill |")?;
+    writeln!(
+        report,
+        "\n## Tables: memory (kernel memlock accounting) and load times\n"
+    )?;
+    writeln!(
+        report,
+        "| prefixes | nodes v4 | nodes v6 | Portcullis memory | LPM trie memory | compile | load (create, fill, verify) | LPM fill |"
+    )?;
     writeln!(report, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for r in &memory_rows {
         writeln!(report, "{r}")?;
@@ -294,7 +376,10 @@ fn kernel() -> anyhow::Result<()> {
 }
 
 /// Time for a reload of 1M prefixes on an attached interface: compile, load, swap.
-fn swap_time(set: &[(Prefix, CountryCode)], blocked: &BTreeSet<CountryCode>) -> anyhow::Result<String> {
+fn swap_time(
+    set: &[(Prefix, CountryCode)],
+    blocked: &BTreeSet<CountryCode>,
+) -> anyhow::Result<String> {
     let link = Link::new(&["100.64.0.10"]);
     let pins = PinRoot::new();
     let interfaces = vec![link.gateway_if.clone()];
@@ -307,15 +392,17 @@ fn swap_time(set: &[(Prefix, CountryCode)], blocked: &BTreeSet<CountryCode>) -> 
     let t = Instant::now();
     let second = compile(&rules_for(set, &other))?;
     let compile_time = t.elapsed();
-    let (first_apply, reload) = link.gateway.enter(|| -> anyhow::Result<(Duration, Duration)> {
-        let mut k = KernelControl::new(pins.path());
-        let t = Instant::now();
-        k.apply(&first, &interfaces, AttachMode::Auto)?;
-        let first_apply = t.elapsed();
-        let t = Instant::now();
-        k.apply(&second, &interfaces, AttachMode::Auto)?;
-        Ok((first_apply, t.elapsed()))
-    })?;
+    let (first_apply, reload) =
+        link.gateway
+            .enter(|| -> anyhow::Result<(Duration, Duration)> {
+                let mut k = KernelControl::new(pins.path());
+                let t = Instant::now();
+                k.apply(&first, &interfaces, AttachMode::Auto)?;
+                let first_apply = t.elapsed();
+                let t = Instant::now();
+                k.apply(&second, &interfaces, AttachMode::Auto)?;
+                Ok((first_apply, t.elapsed()))
+            })?;
     Ok(format!(
         "Reload of {} prefixes on an attached interface: compile {:.0} ms, load and atomic swap {:.0} ms (first attach {:.0} ms).",
         set.len(),
@@ -336,7 +423,11 @@ const TRAFFIC_LIMIT: Duration = Duration::from_secs(10);
 fn busy_cpu_ns() -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal: everything but idle and iowait.
     let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v.get(7).copied().unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
@@ -352,7 +443,10 @@ fn blast(link: &Link, src: IpAddr, port: u16) -> anyhow::Result<(usize, Duration
     let payload = [0u8; 18];
     const BATCH: usize = 64;
     let mut iov: Vec<libc::iovec> = (0..BATCH)
-        .map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() })
+        .map(|_| libc::iovec {
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: payload.len(),
+        })
         .collect();
     // SAFETY: zeroed mmsghdr is valid; each points at one iovec that outlives the calls.
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
@@ -380,7 +474,10 @@ struct TrafficRow {
     cpu_ns: u64,
 }
 
-fn traffic(set: &[(Prefix, CountryCode)], blocked: &BTreeSet<CountryCode>) -> anyhow::Result<String> {
+fn traffic(
+    set: &[(Prefix, CountryCode)],
+    blocked: &BTreeSet<CountryCode>,
+) -> anyhow::Result<String> {
     // The sender's address lies in a blocked network of the set, so both filters drop it.
     let src_prefix = set
         .iter()
@@ -395,21 +492,28 @@ fn traffic(set: &[(Prefix, CountryCode)], blocked: &BTreeSet<CountryCode>) -> an
     {
         let link = Link::new(&[&src_s]);
         let rx = link.receiver();
-        let (handled, row) = std::thread::scope(|s| -> anyhow::Result<(u64, (usize, Duration, u64))> {
-            let counter = s.spawn(|| {
-                let mut n = 0u64;
-                let mut buf = [0u8; 64];
-                while rx.socket.recv(&mut buf).is_ok() {
-                    n += 1;
-                }
-                n
-            });
-            let cpu0 = busy_cpu_ns()?;
-            let (sent, elapsed) = blast(&link, src, rx.port)?;
-            let cpu = busy_cpu_ns()? - cpu0;
-            Ok((counter.join().expect("receiver"), (sent, elapsed, cpu)))
-        })?;
-        rows.push(TrafficRow { name: "no filter (userspace socket receives)", handled, sent: row.0, elapsed: row.1, cpu_ns: row.2 });
+        let (handled, row) =
+            std::thread::scope(|s| -> anyhow::Result<(u64, (usize, Duration, u64))> {
+                let counter = s.spawn(|| {
+                    let mut n = 0u64;
+                    let mut buf = [0u8; 64];
+                    while rx.socket.recv(&mut buf).is_ok() {
+                        n += 1;
+                    }
+                    n
+                });
+                let cpu0 = busy_cpu_ns()?;
+                let (sent, elapsed) = blast(&link, src, rx.port)?;
+                let cpu = busy_cpu_ns()? - cpu0;
+                Ok((counter.join().expect("receiver"), (sent, elapsed, cpu)))
+            })?;
+        rows.push(TrafficRow {
+            name: "no filter (userspace socket receives)",
+            handled,
+            sent: row.0,
+            elapsed: row.1,
+            cpu_ns: row.2,
+        });
     }
 
     // 2. Our XDP program, native mode on the gateway's veth.
@@ -418,16 +522,30 @@ fn traffic(set: &[(Prefix, CountryCode)], blocked: &BTreeSet<CountryCode>) -> an
         let pins = PinRoot::new();
         let compiled = compile(&rules_for(set, blocked))?;
         let interfaces = vec![link.gateway_if.clone()];
-        link.gateway.enter(|| KernelControl::new(pins.path()).apply(&compiled, &interfaces, AttachMode::Auto).map(drop))?;
+        link.gateway.enter(|| {
+            KernelControl::new(pins.path())
+                .apply(&compiled, &interfaces, AttachMode::Auto)
+                .map(drop)
+        })?;
         let counters = portcullis::kernel::Counters::open(&PinLayout::new(pins.path()))?;
         let dropped = |c: &portcullis::kernel::Counters| -> anyhow::Result<u64> {
-            Ok(c.read()?.iter().filter(|r| r.verdict() == "drop").map(|r| r.packets).sum())
+            Ok(c.read()?
+                .iter()
+                .filter(|r| r.verdict() == "drop")
+                .map(|r| r.packets)
+                .sum())
         };
         let before = dropped(&counters)?;
         let cpu0 = busy_cpu_ns()?;
         let (sent, elapsed) = blast(&link, src, 9)?;
         let cpu = busy_cpu_ns()? - cpu0;
-        rows.push(TrafficRow { name: "Portcullis XDP drop (native, veth)", handled: dropped(&counters)? - before, sent, elapsed, cpu_ns: cpu });
+        rows.push(TrafficRow {
+            name: "Portcullis XDP drop (native, veth)",
+            handled: dropped(&counters)? - before,
+            sent,
+            elapsed,
+            cpu_ns: cpu,
+        });
     }
 
     // 3. nftables: netdev ingress on the same interface, interval sets of the same prefixes.
@@ -443,38 +561,68 @@ fn traffic(set: &[(Prefix, CountryCode)], blocked: &BTreeSet<CountryCode>) -> an
                 .map(|(p, _)| p.to_string())
                 .collect();
             let name = if family { "deny6" } else { "deny4" };
-            writeln!(ruleset, "  set {name} {{ type {ty}; flags interval; auto-merge;")?;
+            writeln!(
+                ruleset,
+                "  set {name} {{ type {ty}; flags interval; auto-merge;"
+            )?;
             if !elems.is_empty() {
                 writeln!(ruleset, "    elements = {{ {} }}", elems.join(", "))?;
             }
             writeln!(ruleset, "  }}")?;
         }
-        writeln!(ruleset, "  chain ingress {{ type filter hook ingress device \"{}\" priority -500; policy accept;", link.gateway_if)?;
+        writeln!(
+            ruleset,
+            "  chain ingress {{ type filter hook ingress device \"{}\" priority -500; policy accept;",
+            link.gateway_if
+        )?;
         writeln!(ruleset, "    ip saddr @deny4 counter drop")?;
         writeln!(ruleset, "    ip6 saddr @deny6 counter drop")?;
         writeln!(ruleset, "  }}\n}}")?;
         std::fs::write(file.path(), ruleset)?;
         let t = Instant::now();
-        link.gateway.exec("nft", &["-f", &file.path().to_string_lossy()]);
+        link.gateway
+            .exec("nft", &["-f", &file.path().to_string_lossy()]);
         let nft_load = t.elapsed();
         let cpu0 = busy_cpu_ns()?;
         let (sent, elapsed) = blast(&link, src, 9)?;
         let cpu = busy_cpu_ns()? - cpu0;
-        let listing = String::from_utf8_lossy(&link.gateway.exec("nft", &["list", "chain", "netdev", "pcbench", "ingress"]).stdout).into_owned();
+        let listing = String::from_utf8_lossy(
+            &link
+                .gateway
+                .exec("nft", &["list", "chain", "netdev", "pcbench", "ingress"])
+                .stdout,
+        )
+        .into_owned();
         let handled = listing
             .lines()
             .find(|l| l.contains("@deny4"))
             .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        rows.push(TrafficRow { name: "nftables drop (netdev ingress, interval set)", handled, sent, elapsed, cpu_ns: cpu });
+        rows.push(TrafficRow {
+            name: "nftables drop (netdev ingress, interval set)",
+            handled,
+            sent,
+            elapsed,
+            cpu_ns: cpu,
+        });
         eprintln!("nftables loaded the set in {nft_load:.2?}");
     }
 
     let mut out = String::new();
-    writeln!(out, "## Real traffic over veth (one UDP sender, sendmmsg, up to {TRAFFIC_PACKETS} packets or {TRAFFIC_LIMIT:?}; {} prefixes loaded)\n", set.len())?;
-    writeln!(out, "CPU per packet is the whole machine's busy time (/proc/stat) divided by packets sent, so it includes the sender's own cost, which is the same in every row.\n")?;
-    writeln!(out, "| path | packets sent | handled by the path | packets/s | CPU ns per packet |")?;
+    writeln!(
+        out,
+        "## Real traffic over veth (one UDP sender, sendmmsg, up to {TRAFFIC_PACKETS} packets or {TRAFFIC_LIMIT:?}; {} prefixes loaded)\n",
+        set.len()
+    )?;
+    writeln!(
+        out,
+        "CPU per packet is the whole machine's busy time (/proc/stat) divided by packets sent, so it includes the sender's own cost, which is the same in every row.\n"
+    )?;
+    writeln!(
+        out,
+        "| path | packets sent | handled by the path | packets/s | CPU ns per packet |"
+    )?;
     writeln!(out, "|---|---:|---:|---:|---:|")?;
     for r in &rows {
         writeln!(

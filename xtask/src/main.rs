@@ -59,12 +59,18 @@ fn main() -> anyhow::Result<()> {
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn setup() -> anyhow::Result<()> {
-    let script = root().join("scripts/setup.sh");
-    let status = Command::new("bash").arg(&script).status().context("running scripts/setup.sh")?;
+    let script = root().join("xtask/setup.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .status()
+        .context("running xtask/setup.sh")?;
     if !status.success() {
         bail!("set-up failed ({status}); see the messages above");
     }
@@ -73,7 +79,14 @@ fn setup() -> anyhow::Result<()> {
 
 /// Builds the `portcullis` binary (release) and returns its path.
 pub fn build_portcullis() -> anyhow::Result<PathBuf> {
-    cargo(&["build", "--release", "-p", "gateway-userspace", "--bin", "portcullis"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "gateway-userspace",
+        "--bin",
+        "portcullis",
+    ])?;
     Ok(root().join("target/release/portcullis"))
 }
 
@@ -94,7 +107,13 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     // The tests spawn the binary (SIGKILL and CLI tests); build it with the test profile.
     cargo(&["build", "-p", "gateway-userspace", "--bin", "portcullis"])?;
     // gateway-ebpf builds only for the BPF target (through build.rs), never as a host test.
-    let mut args = vec!["test", "--workspace", "--exclude", "gateway-ebpf", "--no-fail-fast"];
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "gateway-ebpf",
+        "--no-fail-fast",
+    ];
     args.push("--");
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     args.extend(extra);
@@ -104,7 +123,9 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         // SAFETY: single-threaded here; nothing else reads the environment concurrently.
         unsafe { std::env::set_var("PORTCULLIS_REQUIRE_PRIVILEGED", "1") };
     } else {
-        eprintln!("note: not root; kernel and namespace tests will be skipped (they need CAP_BPF and CAP_NET_ADMIN)");
+        eprintln!(
+            "note: not root; kernel and namespace tests will be skipped (they need CAP_BPF and CAP_NET_ADMIN)"
+        );
     }
     cargo(&args)
 }

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, Map, MapData};
-use gateway_common::{BAN_LEN_SLOTS, BAN_LENS_V4, BAN_LENS_V6, BanEntry, BanKey, FAMILY_V4, FAMILY_V6, ban_reason, maps};
+use gateway_common::{
+    BAN_LEN_SLOTS, BAN_LENS_V4, BAN_LENS_V6, BanEntry, BanKey, FAMILY_V4, FAMILY_V6, ban_reason,
+    maps,
+};
 
 use super::time::{monotonic_ns, unix_now};
 use super::{KernelError, PinLayout};
@@ -118,19 +121,29 @@ impl Bans {
         let lens = open_map(layout, maps::BAN_LENS)?;
         Ok(Self {
             map: HashMap::try_from(map).map_err(|e| KernelError::map("opening the ban map", e))?,
-            lens: Array::try_from(lens).map_err(|e| KernelError::map("opening the ban lengths", e))?,
+            lens: Array::try_from(lens)
+                .map_err(|e| KernelError::map("opening the ban lengths", e))?,
         })
     }
 
     /// Bans `prefix` for `ttl` (`None`: until removed). Replaces an existing ban of the same
     /// prefix. Takes effect for the next packet.
-    pub fn ban(&mut self, prefix: Prefix, ttl: Option<Duration>, reason: BanReason) -> Result<(), KernelError> {
+    pub fn ban(
+        &mut self,
+        prefix: Prefix,
+        ttl: Option<Duration>,
+        reason: BanReason,
+    ) -> Result<(), KernelError> {
         let expires_at_ns = match ttl {
             None => 0,
             Some(t) if t.is_zero() => {
-                return Err(KernelError::Ban("a ban's time to live must be more than zero".into()));
+                return Err(KernelError::Ban(
+                    "a ban's time to live must be more than zero".into(),
+                ));
             }
-            Some(t) => monotonic_ns().saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)),
+            Some(t) => {
+                monotonic_ns().saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
+            }
         };
         // The length must be listed before the entry exists, or the program would not probe it.
         self.ensure_len(&prefix)?;
@@ -165,7 +178,9 @@ impl Bans {
             if entry.expires_at_ns != 0 && entry.expires_at_ns <= now {
                 continue;
             }
-            let Some(prefix) = key_prefix(&key) else { continue };
+            let Some(prefix) = key_prefix(&key) else {
+                continue;
+            };
             out.push(Ban {
                 prefix,
                 reason: BanReason::from_code(entry.reason).unwrap_or(BanReason::Manual),
@@ -174,7 +189,11 @@ impl Bans {
                 created_unix: entry.created_unix,
             });
         }
-        out.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(a.prefix.cmp(&b.prefix)));
+        out.sort_by(|a, b| {
+            b.created_unix
+                .cmp(&a.created_unix)
+                .then(a.prefix.cmp(&b.prefix))
+        });
         Ok(out)
     }
 
@@ -207,11 +226,16 @@ impl Bans {
 
     /// The lengths (stored as length + 1) packed in a family's word.
     fn unpack(word: u64) -> Vec<u64> {
-        (0..BAN_LEN_SLOTS).map(|i| (word >> (8 * i)) & 0xff).filter(|b| *b != 0).collect()
+        (0..BAN_LEN_SLOTS)
+            .map(|i| (word >> (8 * i)) & 0xff)
+            .filter(|b| *b != 0)
+            .collect()
     }
 
     fn pack(lens: &[u64]) -> u64 {
-        lens.iter().enumerate().fold(0, |w, (i, l)| w | (l << (8 * i)))
+        lens.iter()
+            .enumerate()
+            .fold(0, |w, (i, l)| w | (l << (8 * i)))
     }
 
     fn read_lens(&self, v6: bool) -> Result<Vec<u64>, KernelError> {
@@ -252,7 +276,11 @@ impl Bans {
         }
         for v6 in [false, true] {
             let lens = self.read_lens(v6)?;
-            let kept: Vec<u64> = lens.iter().copied().filter(|l| used.contains(&(v6, *l))).collect();
+            let kept: Vec<u64> = lens
+                .iter()
+                .copied()
+                .filter(|l| used.contains(&(v6, *l)))
+                .collect();
             if kept.len() != lens.len() {
                 self.write_lens(v6, &kept)?;
             }
@@ -273,7 +301,8 @@ fn is_not_found(e: &aya::maps::MapError) -> bool {
 /// Opens a pinned shared map by name.
 pub(crate) fn open_map(layout: &PinLayout, name: &str) -> Result<Map, KernelError> {
     let path = layout.map(name);
-    let data = MapData::from_pin(&path).map_err(|e| KernelError::map(format!("opening pinned map {}", path.display()), e))?;
-    Map::from_map_data(data).map_err(|e| KernelError::map(format!("opening pinned map {}", path.display()), e))
+    let data = MapData::from_pin(&path)
+        .map_err(|e| KernelError::map(format!("opening pinned map {}", path.display()), e))?;
+    Map::from_map_data(data)
+        .map_err(|e| KernelError::map(format!("opening pinned map {}", path.display()), e))
 }
-

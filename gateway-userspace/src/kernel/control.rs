@@ -130,7 +130,8 @@ impl KernelControl {
 
         let mut generation = Generation::load(&self.layout, rules)?;
         let links_dir = self.layout.links();
-        fs::create_dir_all(&links_dir).map_err(pin_err("creating the link directory", &links_dir))?;
+        fs::create_dir_all(&links_dir)
+            .map_err(pin_err("creating the link directory", &links_dir))?;
 
         let mut attached = Vec::new();
         let result = (|| {
@@ -158,13 +159,20 @@ impl KernelControl {
         }
 
         let mut detached = Vec::new();
-        for a in existing.iter().filter(|a| !wanted.contains(a.interface.as_str())) {
+        for a in existing
+            .iter()
+            .filter(|a| !wanted.contains(a.interface.as_str()))
+        {
             unpin_link(&self.layout.link(&a.interface, a.mode))?;
             detached.push(a.interface.clone());
         }
 
         let number = read_meta(&self.layout, meta::GENERATION)?.unwrap_or(0) + 1;
-        write_meta(&self.layout, meta::LAYOUT, u64::from(gateway_common::LAYOUT_VERSION))?;
+        write_meta(
+            &self.layout,
+            meta::LAYOUT,
+            u64::from(gateway_common::LAYOUT_VERSION),
+        )?;
         write_meta(&self.layout, meta::GENERATION, number)?;
         write_meta(&self.layout, meta::FINGERPRINT, generation.fingerprint)?;
         write_meta(&self.layout, meta::LOADED_UNIX, unix_now())?;
@@ -181,7 +189,11 @@ impl KernelControl {
     /// Undoes a partial apply: links that were swapped go back to the pinned (previous)
     /// program, links created by this apply are removed. Best effort: it runs on an error path.
     fn roll_back(&self, done: &[(Attachment, bool)]) {
-        let mut previous = Xdp::from_pin(self.layout.program(), aya_obj::programs::XdpAttachType::Interface).ok();
+        let mut previous = Xdp::from_pin(
+            self.layout.program(),
+            aya_obj::programs::XdpAttachType::Interface,
+        )
+        .ok();
         for (a, created) in done {
             let path = self.layout.link(&a.interface, a.mode);
             if *created {
@@ -227,9 +239,9 @@ fn attach_new(
     for m in candidates {
         match prog.attach(interface, m.xdp_mode()) {
             Ok(id) => {
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| KernelError::program(format!("taking the link on {interface}"), e))?;
+                let link = prog.take_link(id).map_err(|e| {
+                    KernelError::program(format!("taking the link on {interface}"), e)
+                })?;
                 let fd_link = FdLink::try_from(link).map_err(|e| KernelError::Attach {
                     interface: interface.into(),
                     reason: format!("the kernel gave no bpf_link (needs Linux 5.9 or later): {e}"),
@@ -306,7 +318,9 @@ pub fn read_meta(layout: &PinLayout, slot: u32) -> Result<Option<u64>, KernelErr
     }
     let array: Array<_, u64> = Array::try_from(open_map(layout, maps::META)?)
         .map_err(|e| KernelError::map("opening META", e))?;
-    let v = array.get(&slot, 0).map_err(|e| KernelError::map("reading META", e))?;
+    let v = array
+        .get(&slot, 0)
+        .map_err(|e| KernelError::map("reading META", e))?;
     Ok((v != 0).then_some(v))
 }
 
@@ -340,7 +354,12 @@ pub fn teardown(pin_root: &Path) -> Result<Vec<String>, KernelError> {
             removed.push(format!("map {}", path.display()));
         }
     }
-    for dir in [layout.links(), layout.maps(), layout.dir().to_path_buf(), pin_root.to_path_buf()] {
+    for dir in [
+        layout.links(),
+        layout.maps(),
+        layout.dir().to_path_buf(),
+        pin_root.to_path_buf(),
+    ] {
         // Only empty directories go; anything else under the root is not ours to remove.
         let _ = fs::remove_dir(&dir);
     }

@@ -26,7 +26,8 @@ impl Generation {
     /// `layout.maps()` the first time and reused afterwards.
     pub fn load(layout: &PinLayout, rules: &CompiledRules) -> Result<Self, KernelError> {
         let maps_dir = layout.maps();
-        std::fs::create_dir_all(&maps_dir).map_err(pin_err("creating the pin directory", &maps_dir))?;
+        std::fs::create_dir_all(&maps_dir)
+            .map_err(pin_err("creating the pin directory", &maps_dir))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries(maps::NODES4, rules.v4.len() as u32)
@@ -43,7 +44,8 @@ impl Generation {
         fill::<Decision>(&mut ebpf, maps::DECISIONS, &decisions)?;
 
         let prog = program(&mut ebpf)?;
-        prog.load().map_err(|e| KernelError::program("verifying the XDP program", e))?;
+        prog.load()
+            .map_err(|e| KernelError::program("verifying the XDP program", e))?;
         Ok(Self {
             ebpf,
             stats: rules.stats,
@@ -61,10 +63,12 @@ impl Generation {
         let prog: &Xdp = self
             .ebpf
             .program(programs::FILTER)
-            .ok_or_else(|| missing_program())?
+            .ok_or_else(missing_program)?
             .try_into()
             .map_err(|e| KernelError::program("opening the XDP program", e))?;
-        let fd = prog.fd().map_err(|e| KernelError::program("opening the XDP program", e))?;
+        let fd = prog
+            .fd()
+            .map_err(|e| KernelError::program("opening the XDP program", e))?;
         Ok(fd.as_fd())
     }
 }
@@ -121,9 +125,12 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
 
 /// Writes `values` into the array map `name`, index for index.
 fn fill<T: aya::Pod>(ebpf: &mut Ebpf, name: &str, values: &[T]) -> Result<(), KernelError> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or_else(|| KernelError::map(format!("map {name}"), aya::maps::MapError::InvalidName { name: name.into() }))?;
+    let map = ebpf.map_mut(name).ok_or_else(|| {
+        KernelError::map(
+            format!("map {name}"),
+            aya::maps::MapError::InvalidName { name: name.into() },
+        )
+    })?;
     let mut array: Array<_, T> =
         Array::try_from(map).map_err(|e| KernelError::map(format!("opening map {name}"), e))?;
     for (i, v) in values.iter().enumerate() {

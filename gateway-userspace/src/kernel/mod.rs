@@ -17,7 +17,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use bans::{Ban, BanReason, Bans};
-pub use control::{AttachMode, AttachedMode, Attachment, KernelControl, ReloadOutcome, attachments, read_meta, teardown};
+pub use control::{
+    AttachMode, AttachedMode, Attachment, KernelControl, ReloadOutcome, attachments, read_meta,
+    teardown,
+};
 pub use counters::{CounterReading, Counters};
 pub use generation::{Generation, map_memlock};
 pub use time::monotonic_ns;
@@ -63,7 +66,9 @@ pub enum KernelError {
     #[error("attaching XDP to interface {interface}: {reason}")]
     Attach { interface: String, reason: String },
     /// Nothing is pinned where the command looked.
-    #[error("no Portcullis state is pinned at {0} (is `portcullis run` started, and bpffs mounted?)")]
+    #[error(
+        "no Portcullis state is pinned at {0} (is `portcullis run` started, and bpffs mounted?)"
+    )]
     NotPinned(PathBuf),
     /// A ban request the kernel table cannot express.
     #[error("{0}")]
@@ -138,7 +143,10 @@ impl PinLayout {
     }
 }
 
-pub(crate) fn pin_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> KernelError + 'a {
+pub(crate) fn pin_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> KernelError + 'a {
     move |source| KernelError::Pin {
         what,
         path: path.to_path_buf(),

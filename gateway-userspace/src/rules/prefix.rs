@@ -87,7 +87,10 @@ impl Prefix {
             IpAddr::V6(a) => u128::from(a),
         };
         if as_given & !mask(len as u8) != 0 {
-            return Err(PrefixError::HostBits(s.into(), format!("{}/{}", masked_addr(addr, len as u8), len)));
+            return Err(PrefixError::HostBits(
+                s.into(),
+                format!("{}/{}", masked_addr(addr, len as u8), len),
+            ));
         }
         Ok(p)
     }
@@ -137,13 +140,21 @@ impl Prefix {
 
 /// The top `len` bits set.
 pub(crate) fn mask(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - len as u32) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len as u32)
+    }
 }
 
 fn masked_addr(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len as u32)
+            };
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
         }
         IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask(len))),
@@ -165,7 +176,8 @@ impl FromStr for Prefix {
 
 impl From<ipnet::IpNet> for Prefix {
     fn from(n: ipnet::IpNet) -> Self {
-        Prefix::new(n.addr(), n.prefix_len()).unwrap_or_else(|_| unreachable!("ipnet lengths are valid"))
+        Prefix::new(n.addr(), n.prefix_len())
+            .unwrap_or_else(|_| unreachable!("ipnet lengths are valid"))
     }
 }
 
@@ -175,9 +187,15 @@ mod tests {
 
     #[test]
     fn parses_and_normalises() {
-        assert_eq!(Prefix::parse_strict("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            Prefix::parse_strict("10.0.0.0/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert_eq!(Prefix::parse_strict("192.0.2.7").unwrap().len(), 32);
-        assert_eq!(Prefix::parse_strict("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(
+            Prefix::parse_strict("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
         let mapped = Prefix::parse_strict("::ffff:81.2.69.0/120").unwrap();
         assert!(!mapped.is_v6());
         assert_eq!(mapped.to_string(), "81.2.69.0/24");
@@ -186,10 +204,26 @@ mod tests {
 
     #[test]
     fn refuses_bad_input() {
-        assert!(matches!(Prefix::parse_strict("10.0.0.1/8"), Err(PrefixError::HostBits(_, s)) if s == "10.0.0.0/8"));
-        assert!(matches!(Prefix::parse_strict("10.0.0.0/33"), Err(PrefixError::Length { .. })));
-        assert!(matches!(Prefix::parse_strict("::/129"), Err(PrefixError::Length { .. })));
-        for bad in ["", "10.0.0.0/", "10.0.0/8", "10.0.0.0/+8", "x", "10.0.0.0/8/8", "1::/0009"] {
+        assert!(
+            matches!(Prefix::parse_strict("10.0.0.1/8"), Err(PrefixError::HostBits(_, s)) if s == "10.0.0.0/8")
+        );
+        assert!(matches!(
+            Prefix::parse_strict("10.0.0.0/33"),
+            Err(PrefixError::Length { .. })
+        ));
+        assert!(matches!(
+            Prefix::parse_strict("::/129"),
+            Err(PrefixError::Length { .. })
+        ));
+        for bad in [
+            "",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "10.0.0.0/+8",
+            "x",
+            "10.0.0.0/8/8",
+            "1::/0009",
+        ] {
             assert!(Prefix::parse_strict(bad).is_err(), "{bad}");
         }
     }

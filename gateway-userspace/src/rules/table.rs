@@ -114,7 +114,10 @@ impl TableStats {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
     /// More distinct rule counters than the kernel counter array holds.
-    #[error("too many distinct rule counters (the kernel has {} slots)", gateway_common::slot::COUNT)]
+    #[error(
+        "too many distinct rule counters (the kernel has {} slots)",
+        gateway_common::slot::COUNT
+    )]
     CounterSlotsExhausted,
     /// More nodes than the 31-bit child index can address (never with real data).
     #[error("the prefix table needs more than 2^31 nodes")]
@@ -132,9 +135,13 @@ impl CompiledRules {
         self.verdicts
             .iter()
             .map(|v| {
-                let counter = slots.slot(&v.counter).ok_or(CompileError::CounterSlotsExhausted)?;
+                let counter = slots
+                    .slot(&v.counter)
+                    .ok_or(CompileError::CounterSlotsExhausted)?;
                 let report_counter = match &v.report {
-                    Some(name) => slots.slot(name).ok_or(CompileError::CounterSlotsExhausted)?,
+                    Some(name) => slots
+                        .slot(name)
+                        .ok_or(CompileError::CounterSlotsExhausted)?,
                     None => NO_COUNTER,
                 };
                 Ok(Decision {
@@ -590,7 +597,11 @@ mod tests {
         let compiled = compile(rules).unwrap();
         let addr: IpAddr = addr.parse().unwrap();
         let got = compiled.lookup(addr).clone();
-        assert_eq!(got, naive_decision(rules, addr), "table and reference disagree for {addr}");
+        assert_eq!(
+            got,
+            naive_decision(rules, addr),
+            "table and reference disagree for {addr}"
+        );
         got
     }
 
@@ -619,7 +630,10 @@ mod tests {
             geo: None,
         };
         let v = verdict_of(&rules, "192.0.2.1");
-        assert_eq!((v.action, v.report.as_deref()), (action::PASS, Some("report/deny:watch")));
+        assert_eq!(
+            (v.action, v.report.as_deref()),
+            (action::PASS, Some("report/deny:watch"))
+        );
         let v = verdict_of(&rules, "192.0.2.200");
         assert_eq!(v.action, action::DROP);
         assert_eq!(v.counter, "drop/deny:block");
@@ -639,24 +653,42 @@ mod tests {
             deny: vec![],
             geo: Some(g.clone()),
         };
-        assert_eq!(verdict_of(&rules(&geo), "81.2.69.142").counter, "drop/geo:GB");
+        assert_eq!(
+            verdict_of(&rules(&geo), "81.2.69.142").counter,
+            "drop/geo:GB"
+        );
         assert_eq!(verdict_of(&rules(&geo), "81.3.0.1").action, action::PASS);
         assert_eq!(verdict_of(&rules(&geo), "8.8.8.8").action, action::PASS);
         geo.unknown = UnknownCountry::Block;
-        assert_eq!(verdict_of(&rules(&geo), "8.8.8.8").counter, "drop/geo:unknown");
+        assert_eq!(
+            verdict_of(&rules(&geo), "8.8.8.8").counter,
+            "drop/geo:unknown"
+        );
         geo.mode = Mode::Report;
         let v = verdict_of(&rules(&geo), "81.2.69.142");
-        assert_eq!((v.action, v.report.as_deref()), (action::PASS, Some("report/geo:GB")));
+        assert_eq!(
+            (v.action, v.report.as_deref()),
+            (action::PASS, Some("report/geo:GB"))
+        );
     }
 
     #[test]
     fn edges_of_the_address_space() {
         let rules = RuleSet {
-            allow: vec![p("255.255.255.255/32"), p("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")],
+            allow: vec![
+                p("255.255.255.255/32"),
+                p("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"),
+            ],
             deny: vec![deny(
                 "edges",
                 Mode::Enforce,
-                &["0.0.0.0/32", "255.255.255.0/24", "::/128", "ffff::/16", "::1/128"],
+                &[
+                    "0.0.0.0/32",
+                    "255.255.255.0/24",
+                    "::/128",
+                    "ffff::/16",
+                    "::1/128",
+                ],
             )],
             geo: None,
         };
@@ -668,7 +700,10 @@ mod tests {
         assert_eq!(verdict_of(&rules, "::1").action, action::DROP);
         assert_eq!(verdict_of(&rules, "::2").action, action::PASS);
         assert_eq!(verdict_of(&rules, "ffff::1").action, action::DROP);
-        assert_eq!(verdict_of(&rules, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").action, action::ALLOW);
+        assert_eq!(
+            verdict_of(&rules, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").action,
+            action::ALLOW
+        );
     }
 
     #[test]
@@ -676,19 +711,32 @@ mod tests {
         // Two halves of a /24 with the same verdict need no node below the /16 root slot.
         let rules = RuleSet {
             allow: vec![],
-            deny: vec![deny("d", Mode::Enforce, &["198.51.100.0/25", "198.51.100.128/25"])],
+            deny: vec![deny(
+                "d",
+                Mode::Enforce,
+                &["198.51.100.0/25", "198.51.100.128/25"],
+            )],
             geo: None,
         };
         let c = compile(&rules).unwrap();
         assert_eq!(c.stats.nodes_v4, ROOT_NODES as usize + 1);
-        assert_eq!(c.lookup("198.51.100.7".parse().unwrap()).action, action::DROP);
-        assert_eq!(c.lookup("198.51.101.7".parse().unwrap()).action, action::PASS);
+        assert_eq!(
+            c.lookup("198.51.100.7".parse().unwrap()).action,
+            action::DROP
+        );
+        assert_eq!(
+            c.lookup("198.51.101.7".parse().unwrap()).action,
+            action::PASS
+        );
     }
 
     #[test]
     fn empty_rules_need_only_roots() {
         let c = compile(&RuleSet::default()).unwrap();
-        assert_eq!((c.stats.nodes_v4, c.stats.nodes_v6, c.verdicts.len()), (256, 256, 1));
+        assert_eq!(
+            (c.stats.nodes_v4, c.stats.nodes_v6, c.verdicts.len()),
+            (256, 256, 1)
+        );
     }
 
     #[test]
@@ -696,8 +744,14 @@ mod tests {
         let mut slots = LocalSlots::default();
         let a = slots.slot("drop/deny:a").unwrap();
         assert_eq!(slots.slot("drop/deny:a"), Some(a));
-        assert_eq!(slots.slot("pass/no-rule"), Some(gateway_common::slot::PASS_NO_RULE));
-        assert_eq!(slots.slot("drop/ban:rate-limit"), Some(gateway_common::slot::BAN_DROP_BASE + 2));
+        assert_eq!(
+            slots.slot("pass/no-rule"),
+            Some(gateway_common::slot::PASS_NO_RULE)
+        );
+        assert_eq!(
+            slots.slot("drop/ban:rate-limit"),
+            Some(gateway_common::slot::BAN_DROP_BASE + 2)
+        );
         for i in 0..gateway_common::slot::COUNT {
             let _ = slots.slot(&format!("n{i}"));
         }
@@ -708,7 +762,17 @@ mod tests {
 
     /// Prefixes clustered around a few bases so that they overlap often.
     fn v4_prefix() -> impl Strategy<Value = Prefix> {
-        (prop::sample::select(vec![0x0a00_0000u32, 0xc000_0200, 0x5102_4500, 0xffff_ff00, 0]), any::<u32>(), 0u8..=32)
+        (
+            prop::sample::select(vec![
+                0x0a00_0000u32,
+                0xc000_0200,
+                0x5102_4500,
+                0xffff_ff00,
+                0,
+            ]),
+            any::<u32>(),
+            0u8..=32,
+        )
             .prop_map(|(base, noise, len)| {
                 let spread = noise & 0x0003_ffff;
                 Prefix::new(IpAddr::V4(Ipv4Addr::from(base ^ spread)), len).unwrap()
@@ -717,7 +781,12 @@ mod tests {
 
     fn v6_prefix() -> impl Strategy<Value = Prefix> {
         (
-            prop::sample::select(vec![0x2001_0db8u128 << 96, 0x2a02u128 << 112, u128::MAX << 64, 0]),
+            prop::sample::select(vec![
+                0x2001_0db8u128 << 96,
+                0x2a02u128 << 112,
+                u128::MAX << 64,
+                0,
+            ]),
             any::<u128>(),
             0u8..=128,
         )
@@ -733,7 +802,10 @@ mod tests {
 
     fn rule_set() -> impl Strategy<Value = RuleSet> {
         let deny_set = (prop::collection::vec(any_prefix(), 0..12), any::<bool>());
-        let geo_net = (any_prefix(), prop::sample::select(vec!["GB", "SE", "JP", "US"]));
+        let geo_net = (
+            any_prefix(),
+            prop::sample::select(vec!["GB", "SE", "JP", "US"]),
+        );
         (
             prop::collection::vec(any_prefix(), 0..4),
             prop::collection::vec(deny_set, 0..4),
@@ -761,7 +833,11 @@ mod tests {
                     GeoRules {
                         mode: if report { Mode::Report } else { Mode::Enforce },
                         blocked: blocked.into_iter().map(cc).collect(),
-                        unknown: if unknown_block { UnknownCountry::Block } else { UnknownCountry::Pass },
+                        unknown: if unknown_block {
+                            UnknownCountry::Block
+                        } else {
+                            UnknownCountry::Pass
+                        },
                         networks: nets
                             .into_iter()
                             .filter(|(p, _)| seen.insert(*p))
@@ -783,8 +859,16 @@ mod tests {
         for (i, pre) in prefixes.iter().enumerate() {
             let n = noise[i % noise.len()];
             let host_bits = if pre.is_v6() { 128 } else { 32 } - u32::from(pre.len());
-            let host_mask = if host_bits == 0 { 0 } else { u128::MAX >> (128 - host_bits) };
-            let base = if pre.is_v6() { pre.bits() } else { pre.bits() >> 96 };
+            let host_mask = if host_bits == 0 {
+                0
+            } else {
+                u128::MAX >> (128 - host_bits)
+            };
+            let base = if pre.is_v6() {
+                pre.bits()
+            } else {
+                pre.bits() >> 96
+            };
             for offset in [0, host_mask, n & host_mask, host_mask.wrapping_add(1)] {
                 let a = base.wrapping_add(offset);
                 out.push(if pre.is_v6() {
