@@ -8,4 +8,5 @@
 pub mod config;
 pub mod daemon;
 pub mod kernel;
+pub mod proxy;
 pub mod rules;

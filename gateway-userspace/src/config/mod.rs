@@ -10,6 +10,7 @@ mod compile;
 mod duration;
 mod error;
 mod model;
+mod proxy_model;
 mod raw;
 mod reader;
 mod source;
@@ -20,6 +21,7 @@ use toml::de::DeTable;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Location};
 pub use model::{AttachMode, Config, KernelConfig, LogConfig, LogFormat, LogLevel};
+pub use proxy_model::*;
 
 use source::{Diagnostics, SourceFile};
 
