@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -38,6 +39,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// The demo's own pin root, so it never touches a real installation's pins.
 const PIN_ROOT: &str = "/sys/fs/bpf/portcullis-demo";
+
+/// The temporary directory (config, database, log) starts with this.
+const TEMP_PREFIX: &str = "portcullis-demo-";
 
 const NS_CLIENT: &str = "pcdemo-client";
 const NS_GATEWAY: &str = "pcdemo-gateway";
@@ -135,9 +139,7 @@ impl Demo {
         println!("namespaces this demo creates and removes again.");
 
         heading("1. Topology");
-        let dir = tempfile::Builder::new()
-            .prefix("portcullis-demo-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix(TEMP_PREFIX).tempdir()?;
         let topology = Topology::create()?;
         let backend = Backend::start()?;
         print_topology();
@@ -163,7 +165,9 @@ impl Demo {
 
         heading("4. Protection survives the process");
         println!("  The program, its maps and the XDP link are pinned in bpffs ({PIN_ROOT}),");
-        println!("  so they outlive `portcullis run`: a crash or restart leaves the gate closed.");
+        println!(
+            "  so they outlive `portcullis run`: a crash or a restart does not open the gate."
+        );
         self.survives_the_process(&mut gateway)?;
         self.detach()?;
 
@@ -561,6 +565,19 @@ fn remove_leftovers() -> anyhow::Result<()> {
     if Path::new(PIN_ROOT).exists() {
         println!("note: removing pins under {PIN_ROOT} left by an interrupted demo");
         drop(Pins);
+    }
+    // Only real directories with the demo's prefix owned by root (as the demo runs), never
+    // what a symlink in a world-writable directory points at (metadata() does not follow it).
+    for entry in std::fs::read_dir(std::env::temp_dir())?.flatten() {
+        let ours = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+            && entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == 0);
+        if ours {
+            println!(
+                "note: removing {} left by an interrupted demo",
+                entry.path().display()
+            );
+            std::fs::remove_dir_all(entry.path())?;
+        }
     }
     Ok(())
 }

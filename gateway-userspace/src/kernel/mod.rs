@@ -34,28 +34,29 @@ pub mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lpm-baseline"));
 }
 
-/// Errors of kernel control. Messages say what was being done; none carries a secret.
+/// Errors of kernel control. Each message says what was being done; the cause is the error's
+/// `source()` (print the chain, as `{:#}` with anyhow does). None carries a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// The BPF object could not be loaded (verifier, missing privileges, bpffs).
     #[error("loading the XDP program: {0}")]
     Load(#[from] aya::EbpfError),
     /// A program operation failed (load, attach, link update).
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Program {
         what: String,
         #[source]
         source: aya::programs::ProgramError,
     },
     /// A map operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Map {
         what: String,
         #[source]
         source: aya::maps::MapError,
     },
     /// Pinning or opening a pin failed.
-    #[error("{what} at {path}: {source}")]
+    #[error("{what} at {path}")]
     Pin {
         what: &'static str,
         path: PathBuf,
