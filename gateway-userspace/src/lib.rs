@@ -5,8 +5,10 @@
 //! - [`config`]: the TOML configuration, parsed raw and compiled into a validated form.
 //! - [`daemon`]: `portcullis run`, the long-running process.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod kernel;
+pub mod metrics;
 pub mod proxy;
 pub mod rules;

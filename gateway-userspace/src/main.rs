@@ -55,6 +55,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the JSON Schema of the config file (for editors; docs/portcullis.schema.json).
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -192,6 +194,10 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 s.table_bytes() / 1024,
                 s.decisions
             );
+            Ok(())
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
             Ok(())
         }
         Command::Ban { action } => ban(action),

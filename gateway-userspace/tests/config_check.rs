@@ -367,3 +367,682 @@ fn geo_settings_are_checked_alongside_a_database_error() {
          $DIR/portcullis.toml:6:11: error: `geo.unknown`: unknown value `drop`; expected one of: pass, block"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The proxy sections. Certificates are generated per test with rcgen, never committed.
+
+/// A proxy-only start: the kernel layer off, so no interface is needed.
+const USERSPACE: &str = "[kernel]\nenabled = false\n";
+
+impl Fixture {
+    /// A self-signed certificate for `names` and its key, written as `certs/<stem>.pem` and
+    /// `certs/<stem>-key.pem`.
+    fn cert(&self, stem: &str, names: &[&str]) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("generate certificate");
+        std::fs::create_dir_all(self.dir.path().join("certs")).expect("mkdir certs");
+        self.file(&format!("certs/{stem}.pem"), cert.pem());
+        self.file(&format!("certs/{stem}-key.pem"), signing_key.serialize_pem());
+    }
+}
+
+/// An https listener using `certs/api.pem`, a pool and a route: the base most cases vary.
+fn https_listener(cert: &str, key: &str) -> String {
+    format!(
+        "{USERSPACE}\n[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:8443\"\nprotocol = \"https\"\n\
+         [listeners.tls]\ncertificates = [{{ cert = \"{cert}\", key = \"{key}\" }}]\n"
+    )
+}
+
+const POOL: &str = "\n[[pools]]\nname = \"api\"\nendpoints = [\"127.0.0.1:9001\"]\n";
+
+#[test]
+fn unknown_keys_in_listeners_and_listener_tls() {
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    let config = format!(
+        "{USERSPACE}[[listeners]]\nname = \"public\"\nbind = \"127.0.0.1:8443\"\nprotocol = \"https\"\n\
+         max_conections = 10\n[listeners.tls]\ncertificates = [{{ cert = \"certs/api.pem\", key = \
+         \"certs/api-key.pem\" }}]\nmin_verison = \"1.3\"\nciphers = [\"x\"]\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:7:1: error: unknown key `max_conections` in [[listeners]]; did you \
+         mean `max_connections`?\n\
+         $DIR/portcullis.toml:10:1: error: unknown key `min_verison` in [listeners.tls]; did you \
+         mean `min_version`?\n\
+         $DIR/portcullis.toml:11:1: error: unknown key `ciphers` in [listeners.tls]; expected one \
+         of: certificates, min_version, alpn, hsts"
+    );
+}
+
+#[test]
+fn unknown_pool_reference_with_suggestion() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"orders\"\npath = \"/orders\"\npool = \"apii\"\n\n\
+         [[routes]]\nname = \"users\"\npath = \"/users\"\npool = \"accounts\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:11:8: error: unknown pool `apii`; did you mean `api`?\n\
+         $DIR/portcullis.toml:16:8: error: unknown pool `accounts`; defined pools: api"
+    );
+}
+
+#[test]
+fn duplicate_listener_bind() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}[[listeners]]\nname = \"a\"\nbind = \"0.0.0.0:8080\"\nprotocol = \"http\"\n\n\
+         [[listeners]]\nname = \"b\"\nbind = \"0.0.0.0:8080\"\nprotocol = \"http\"\n\n\
+         [[listeners]]\nname = \"c\"\nbind = \"10.0.0.1:8080\"\nprotocol = \"http\"\n\n\
+         [[listeners]]\nname = \"d\"\nbind = \"127.0.0.1:9901\"\nprotocol = \"http\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:10:8: error: bind address 0.0.0.0:8080 is already used by listener \
+         `a` (line 5)\n\
+         $DIR/portcullis.toml:15:8: error: bind address 10.0.0.1:8080 overlaps 0.0.0.0:8080, bound \
+         by listener `a` (line 5)\n\
+         $DIR/portcullis.toml:20:8: error: bind address 127.0.0.1:9901 is already used by the admin \
+         endpoint (the default `admin.listen = \"127.0.0.1:9901\"`)"
+    );
+}
+
+#[test]
+fn https_listener_without_tls() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}\n[[listeners]]\nname = \"public\"\nbind = \"0.0.0.0:8443\"\nprotocol = \"https\"\n\
+         http_mode = \"serve\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:4:1: error: https listener `public` needs a [listeners.tls] section \
+         with its certificates\n\
+         $DIR/portcullis.toml:8:13: error: `listeners.http_mode` applies only to `protocol = \
+         \"http\"` listeners"
+    );
+}
+
+#[test]
+fn tls_on_an_http_listener() {
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    let config = format!(
+        "{USERSPACE}\n[[listeners]]\nname = \"plain\"\nbind = \"0.0.0.0:8080\"\nprotocol = \"http\"\n\
+         http_mode = \"serve\"\nredirect_port = 8443\n\n[listeners.tls]\ncertificates = [{{ cert = \
+         \"certs/api.pem\", key = \"certs/api-key.pem\" }}]\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:9:17: error: `listeners.redirect_port` applies only with `http_mode = \
+         \"redirect\"`\n\
+         $DIR/portcullis.toml:11:1: error: `listeners.tls` applies only to `protocol = \"https\"` \
+         listeners"
+    );
+}
+
+#[test]
+fn missing_certificate_file() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.check(&https_listener("certs/api.pem", "certs/api-key.pem")),
+        "$DIR/portcullis.toml:9:26: error: cannot read $DIR/certs/api.pem: No such file or \
+         directory (os error 2)\n\
+         $DIR/portcullis.toml:9:49: error: cannot read $DIR/certs/api-key.pem: No such file or \
+         directory (os error 2)"
+    );
+}
+
+#[test]
+fn certificate_file_without_a_certificate() {
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    // The key file named as the certificate, and a certificate as the key.
+    assert_eq!(
+        f.check(&https_listener("certs/api-key.pem", "certs/api.pem")),
+        "$DIR/portcullis.toml:9:26: error: $DIR/certs/api-key.pem: no certificate found\n\
+         $DIR/portcullis.toml:9:53: error: $DIR/certs/api.pem: no private key found"
+    );
+    f.file("certs/broken.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n");
+    f.file(
+        "certs/locked-key.pem",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    assert_eq!(
+        f.check(&https_listener("certs/broken.pem", "certs/locked-key.pem")),
+        "$DIR/portcullis.toml:9:26: error: $DIR/certs/broken.pem: invalid PEM: a section has no \
+         END line\n\
+         $DIR/portcullis.toml:9:52: error: $DIR/certs/locked-key.pem: no private key found \
+         (encrypted keys are not supported; decrypt it first)"
+    );
+}
+
+#[test]
+fn key_not_matching_its_certificate() {
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    f.cert("other", &["other.example.com"]);
+    assert_eq!(
+        f.check(&https_listener("certs/api.pem", "certs/other-key.pem")),
+        "$DIR/portcullis.toml:9:49: error: key $DIR/certs/other-key.pem does not match certificate \
+         $DIR/certs/api.pem"
+    );
+}
+
+#[test]
+fn bad_size_strings() {
+    let f = Fixture::new();
+    let route = |size: &str| {
+        format!("\n[[routes]]\nname = \"r{}\"\npath = \"/{}\"\npool = \"api\"\nmax_body_size = {size}\n", size.len(), size.len())
+    };
+    let config = format!(
+        "{USERSPACE}{POOL}{}{}{}",
+        route("\"10 parsecs\""),
+        route("-1"),
+        route("\"1.5MiB\""),
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:12:17: error: `routes.max_body_size`: invalid size `10 parsecs`: write \
+         a whole number and a unit: B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of \
+         1024), such as \"10MiB\"\n\
+         $DIR/portcullis.toml:18:17: error: `routes.max_body_size`: invalid size `-1`: it must not \
+         be negative\n\
+         $DIR/portcullis.toml:24:17: error: `routes.max_body_size`: invalid size `1.5MiB`: write a \
+         whole number and a unit: B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024), \
+         such as \"10MiB\""
+    );
+}
+
+#[test]
+fn bad_method_tokens() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"r\"\npath = \"/\"\npool = \"api\"\n\
+         methods = [\"GET\", \"GE T\", \"get\", \"\", \"POST/1\"]\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:12:19: error: `routes.methods`: `GE T` is not an HTTP method (a token \
+         such as `GET`)\n\
+         $DIR/portcullis.toml:12:27: error: `routes.methods`: `get` is listed more than once\n\
+         $DIR/portcullis.toml:12:34: error: `routes.methods`: `` is not an HTTP method (a token such \
+         as `GET`)\n\
+         $DIR/portcullis.toml:12:38: error: `routes.methods`: `POST/1` is not an HTTP method (a \
+         token such as `GET`)"
+    );
+}
+
+#[test]
+fn bad_host_patterns() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"r\"\npath = \"/\"\npool = \"api\"\n\
+         hosts = [\"*.*.example.com\", \"api.example.com:443\", \"API.example.com\", \"api.example.com\"]\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:12:10: error: `routes.hosts`: invalid host `*.*.example.com`: a \
+         wildcard is allowed only as the whole leftmost label, as in `*.example.com`\n\
+         $DIR/portcullis.toml:12:29: error: `routes.hosts`: invalid host `api.example.com:443`: \
+         hosts are matched without a port; write `api.example.com`\n\
+         $DIR/portcullis.toml:12:71: error: `routes.hosts`: `api.example.com` is listed more than once"
+    );
+}
+
+#[test]
+fn route_shadowing() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"orders\"\nhosts = [\"api.example.com\", \
+         \"*.example.com\"]\npath = \"/orders\"\npool = \"api\"\n\n\
+         [[routes]]\nname = \"orders-copy\"\nhosts = [\"*.example.com\", \"API.example.com\"]\n\
+         path = \"/orders\"\nmethods = [\"GET\"]\npool = \"api\"\n\n\
+         [[routes]]\nname = \"orders-exact\"\nhosts = [\"api.example.com\", \"*.example.com\"]\n\
+         path = \"/orders\"\npath_match = \"exact\"\npool = \"api\"\n"
+    );
+    // `orders-exact` is a different match (exact path) and comes first in match order.
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:14:1: error: route `orders` (line 8) shadows route `orders-copy`: it \
+         matches every request `orders-copy` would (same hosts and path, and its methods include \
+         all of `orders-copy`'s), so `orders-copy` would never be used"
+    );
+}
+
+#[test]
+fn hsts_preload_without_include_subdomains() {
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    let config = format!(
+        "{}[listeners.tls.hsts]\nmax_age = \"180d\"\npreload = true\n",
+        https_listener("certs/api.pem", "certs/api-key.pem")
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:12:11: error: `listeners.tls.hsts.preload` requires \
+         `include_subdomains = true` (the hstspreload.org rules)\n\
+         $DIR/portcullis.toml:12:11: error: `listeners.tls.hsts.preload` requires a `max_age` of at \
+         least 365 days (the hstspreload.org rules)"
+    );
+}
+
+#[test]
+fn admin_listen_not_loopback_without_allow_remote() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.check(&format!("{USERSPACE}[admin]\nlisten = \"0.0.0.0:9901\"\n")),
+        "$DIR/portcullis.toml:4:10: error: `admin.listen`: 0.0.0.0:9901 is not a loopback address, \
+         so the admin endpoint (metrics, bans, reload) would be reachable from the network; set \
+         `admin.allow_remote = true` if that is intended"
+    );
+    let c = f
+        .load(&format!(
+            "{USERSPACE}[admin]\nlisten = \"0.0.0.0:9901\"\nallow_remote = true\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.admin.listen, Some("0.0.0.0:9901".parse().expect("addr")));
+    let c = f
+        .load(&format!("{USERSPACE}[admin]\nlisten = \"off\"\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.admin.listen, None);
+    assert_eq!(
+        f.check(&format!("{USERSPACE}[admin]\nlisten = \"localhost:9901\"\n")),
+        "$DIR/portcullis.toml:4:10: error: `admin.listen`: `localhost:9901` is not an IP address \
+         and port such as `127.0.0.1:9901`, or `off`"
+    );
+}
+
+#[test]
+fn proxy_protocol_needs_trusted_load_balancers() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.check(&format!(
+            "{USERSPACE}[[listeners]]\nname = \"lb\"\nbind = \"0.0.0.0:8080\"\nprotocol = \"http\"\n\
+             proxy_protocol = true\n"
+        )),
+        "$DIR/portcullis.toml:7:18: error: `listeners.proxy_protocol` is true but \
+         `trusted_proxies.load_balancers` is empty: no peer may send a PROXY header, so every \
+         connection would be closed"
+    );
+}
+
+#[test]
+fn pool_checks() {
+    let f = Fixture::new();
+    f.file("ca.pem", "not a certificate\n");
+    let config = format!(
+        "{USERSPACE}[[pools]]\nname = \"api\"\nendpoints = [\"127.0.0.1\", \"127.0.0.1:9001\", \
+         \"127.0.0.1:9001\", \"http://x:1\"]\n\
+         [pools.tls]\nca = \"ca.pem\"\nserver_name = \"bad name\"\n\
+         [pools.health]\npath = \"healthz\"\ninterval = \"1s\"\ntimeout = \"2s\"\nhealthy_threshold = 0\n\
+         [pools.passive]\nconsecutive_failures = -1\n\n[[pools]]\nname = \"empty\"\nendpoints = []\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:5:14: error: `pools.endpoints`: `127.0.0.1` is not a `host:port` \
+         endpoint: no port\n\
+         $DIR/portcullis.toml:5:45: error: `pools.endpoints`: `127.0.0.1:9001` is listed more than \
+         once\n\
+         $DIR/portcullis.toml:5:63: error: `pools.endpoints`: `http://x:1` is not a `host:port` \
+         endpoint: write it without a scheme, as `host:port`\n\
+         $DIR/portcullis.toml:7:6: error: $DIR/ca.pem: no certificate found\n\
+         $DIR/portcullis.toml:8:15: error: `pools.tls.server_name`: `bad name` is not a valid DNS \
+         name or IP address\n\
+         $DIR/portcullis.toml:10:8: error: `pools.health.path`: invalid path `healthz`: it must start \
+         with `/`\n\
+         $DIR/portcullis.toml:12:11: error: `pools.health.timeout` (2s) must be shorter than \
+         `pools.health.interval` (1s)\n\
+         $DIR/portcullis.toml:13:21: error: `pools.health.healthy_threshold`: 0 is out of range; \
+         expected 1 to 100\n\
+         $DIR/portcullis.toml:15:24: error: `pools.passive.consecutive_failures`: -1 is out of range; \
+         expected 0 to 1000\n\
+         $DIR/portcullis.toml:19:13: error: `pools.endpoints` is empty: list at least one `host:port`"
+    );
+}
+
+#[test]
+fn unresolvable_endpoint_names_the_endpoint() {
+    let f = Fixture::new();
+    let e = f.check(&format!(
+        "{USERSPACE}[[pools]]\nname = \"api\"\nendpoints = [\"portcullis-test.invalid:80\"]\n"
+    ));
+    // The reason after the colon is the resolver's.
+    assert!(
+        e.starts_with(
+            "$DIR/portcullis.toml:5:14: error: cannot resolve `portcullis-test.invalid:80`: "
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_valid_proxy_config_compiles_to_what_it_says() {
+    use portcullis::config::{
+        Balance, ClientIpHeader, HealthCheck, Hsts, HostMatch, ListenerKind, PassiveEjection,
+        PathMatch, PlainMode, TlsVersion, UpstreamProtocol,
+    };
+
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    f.cert("www", &["www.example.com", "example.com"]);
+    f.cert("ca", &["ca.internal"]);
+    let config = r#"
+[kernel]
+enabled = false
+
+[admin]
+listen = "[::1]:9902"
+
+[proxy]
+drain_timeout = "45s"
+
+[trusted_proxies]
+load_balancers = ["10.0.0.0/8"]
+proxies = ["10.1.0.0/16", "2001:db8::/32"]
+client_ip_header = "forwarded"
+
+[[listeners]]
+name = "public"
+bind = "0.0.0.0:8443"
+protocol = "https"
+proxy_protocol = true
+max_connections = 500
+handshake_timeout = "5s"
+header_timeout = "3s"
+idle_timeout = "2m"
+[listeners.tls]
+certificates = [
+    { cert = "certs/api.pem", key = "certs/api-key.pem" },
+    { cert = "certs/www.pem", key = "certs/www-key.pem" },
+]
+min_version = "1.3"
+alpn = ["http/1.1"]
+[listeners.tls.hsts]
+max_age = "730d"
+include_subdomains = true
+preload = true
+
+[[listeners]]
+name = "plain"
+bind = "[::]:8080"
+protocol = "http"
+redirect_port = 8443
+
+[[listeners]]
+name = "internal"
+bind = "127.0.0.1:0"
+protocol = "http"
+http_mode = "serve"
+
+[[pools]]
+name = "api"
+endpoints = ["127.0.0.1:9001", "[::1]:9002", "localhost:9003"]
+balance = "least_outstanding"
+protocol = "h2"
+idle_timeout = "30s"
+[pools.tls]
+ca = "certs/ca.pem"
+server_name = "api.internal"
+[pools.health]
+path = "/healthz?deep=1"
+interval = "10s"
+timeout = "1s"
+healthy_threshold = 1
+unhealthy_threshold = 5
+[pools.passive]
+consecutive_failures = 0
+ejection_time = "1m"
+
+[[pools]]
+name = "web"
+endpoints = ["127.0.0.1:9101"]
+
+# Config order is deliberately not match order.
+[[routes]]
+name = "catch-all"
+path = "/"
+pool = "web"
+
+[[routes]]
+name = "orders"
+product = "shop"
+hosts = ["API.example.com", "*.example.com"]
+path = "/orders"
+methods = ["get", "POST"]
+pool = "api"
+retries = 0
+max_body_size = "1MiB"
+websocket = true
+[routes.timeouts]
+connect = "500ms"
+response_headers = "10s"
+total = "10s"
+
+[[routes]]
+name = "wild"
+hosts = ["*.example.com"]
+path = "/"
+pool = "web"
+
+[[routes]]
+name = "orders-v1"
+hosts = ["api.example.com"]
+path = "/orders/v1"
+pool = "api"
+max_body_size = 2048
+
+[[routes]]
+name = "status"
+path = "/status"
+path_match = "exact"
+pool = "api"
+"#;
+    let c = f.load(config).unwrap_or_else(|e| panic!("{e}"));
+    let p = &c.proxy;
+    assert_eq!(c.admin.listen, Some("[::1]:9902".parse().expect("addr")));
+    assert_eq!(p.drain_timeout, Duration::from_secs(45));
+    assert_eq!(p.trusted.load_balancers, prefixes(&["10.0.0.0/8"]));
+    assert_eq!(p.trusted.proxies, prefixes(&["10.1.0.0/16", "2001:db8::/32"]));
+    assert_eq!(p.trusted.client_ip_header, ClientIpHeader::Forwarded);
+
+    assert_eq!(p.listeners.len(), 3);
+    let public = &p.listeners[0];
+    assert_eq!(public.name, "public");
+    assert_eq!(public.bind, "0.0.0.0:8443".parse().expect("addr"));
+    assert!(public.proxy_protocol);
+    assert_eq!(public.max_connections, 500);
+    assert_eq!(public.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(public.header_timeout, Duration::from_secs(3));
+    assert_eq!(public.idle_timeout, Duration::from_secs(120));
+    let ListenerKind::Https(tls) = &public.kind else {
+        panic!("public is https: {:?}", public.kind);
+    };
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(
+        tls.certificate_files,
+        [
+            (
+                f.dir.path().join("certs/api.pem"),
+                f.dir.path().join("certs/api-key.pem")
+            ),
+            (
+                f.dir.path().join("certs/www.pem"),
+                f.dir.path().join("certs/www-key.pem")
+            ),
+        ]
+    );
+    assert_eq!(tls.min_version, TlsVersion::Tls13);
+    assert_eq!(tls.alpn, [b"http/1.1".to_vec()]);
+    assert_eq!(
+        tls.hsts,
+        Some(Hsts {
+            max_age: Duration::from_secs(730 * 86_400),
+            include_subdomains: true,
+            preload: true,
+        })
+    );
+    let plain = &p.listeners[1];
+    assert_eq!(plain.bind, "[::]:8080".parse().expect("addr"));
+    assert!(!plain.proxy_protocol);
+    assert_eq!(plain.max_connections, 10_000);
+    assert_eq!(plain.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(plain.header_timeout, Duration::from_secs(10));
+    assert_eq!(plain.idle_timeout, Duration::from_secs(60));
+    assert!(matches!(
+        plain.kind,
+        ListenerKind::Http(PlainMode::RedirectToHttps { port: 8443 })
+    ));
+    assert!(matches!(p.listeners[2].kind, ListenerKind::Http(PlainMode::Serve)));
+
+    assert_eq!(p.pools.len(), 2);
+    let api = &p.pools[0];
+    assert_eq!(api.name, "api");
+    let endpoints: Vec<(&str, std::net::SocketAddr)> =
+        api.endpoints.iter().map(|e| (e.authority.as_str(), e.addr)).collect();
+    assert_eq!(endpoints[0], ("127.0.0.1:9001", "127.0.0.1:9001".parse().expect("addr")));
+    assert_eq!(endpoints[1], ("[::1]:9002", "[::1]:9002".parse().expect("addr")));
+    assert_eq!(endpoints[2].0, "localhost:9003");
+    assert!(endpoints[2].1.ip().is_loopback() && endpoints[2].1.port() == 9003);
+    assert_eq!(api.balance, Balance::LeastOutstanding);
+    assert_eq!(api.protocol, UpstreamProtocol::H2);
+    assert_eq!(api.idle_timeout, Duration::from_secs(30));
+    let upstream_tls = api.tls.as_ref().expect("pool tls");
+    assert_eq!(upstream_tls.roots.len(), 1);
+    assert_eq!(upstream_tls.ca_file, f.dir.path().join("certs/ca.pem"));
+    assert_eq!(upstream_tls.server_name.as_deref(), Some("api.internal"));
+    assert_eq!(
+        api.health,
+        Some(HealthCheck {
+            path: "/healthz?deep=1".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 5,
+        })
+    );
+    assert_eq!(
+        api.passive,
+        PassiveEjection {
+            consecutive_failures: 0,
+            ejection_time: Duration::from_secs(60),
+        }
+    );
+    let web = &p.pools[1];
+    assert_eq!(web.balance, Balance::RoundRobin);
+    assert_eq!(web.protocol, UpstreamProtocol::Http1);
+    assert_eq!(web.idle_timeout, Duration::from_secs(90));
+    assert!(web.tls.is_none() && web.health.is_none());
+    assert_eq!(
+        web.passive,
+        PassiveEjection {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(30),
+        }
+    );
+
+    // Match order: exact host first (longer prefix before shorter), then wildcard, then any
+    // host (exact path before prefix).
+    let order: Vec<&str> = p.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(order, ["orders-v1", "orders", "wild", "status", "catch-all"]);
+    let orders = &p.routes[1];
+    assert_eq!(orders.product.as_deref(), Some("shop"));
+    assert_eq!(
+        orders.hosts,
+        [
+            HostMatch::Exact("api.example.com".into()),
+            HostMatch::Suffix(".example.com".into())
+        ]
+    );
+    assert_eq!(orders.path, PathMatch::Prefix("/orders".into()));
+    assert_eq!(orders.methods, [http::Method::GET, http::Method::POST]);
+    assert_eq!(orders.pool, 0);
+    assert_eq!(orders.retries, 0);
+    assert_eq!(orders.max_body_bytes, 1 << 20);
+    assert!(orders.websocket);
+    assert_eq!(orders.timeouts.connect, Duration::from_millis(500));
+    assert_eq!(orders.timeouts.response_headers, Duration::from_secs(10));
+    assert_eq!(orders.timeouts.total, Duration::from_secs(10));
+    assert_eq!(p.routes[0].max_body_bytes, 2048);
+    let catch_all = &p.routes[4];
+    assert_eq!(catch_all.pool, 1);
+    assert!(catch_all.hosts.is_empty() && catch_all.methods.is_empty() && catch_all.product.is_none());
+    assert_eq!(catch_all.path, PathMatch::Prefix("/".into()));
+    assert_eq!(catch_all.retries, 1);
+    assert_eq!(catch_all.max_body_bytes, 10 << 20);
+    assert!(!catch_all.websocket);
+    assert_eq!(catch_all.timeouts.connect, Duration::from_secs(2));
+    assert_eq!(catch_all.timeouts.response_headers, Duration::from_secs(30));
+    assert_eq!(catch_all.timeouts.total, Duration::from_secs(60));
+    assert_eq!(p.routes[3].path, PathMatch::Exact("/status".into()));
+}
+
+#[test]
+fn https_defaults_are_the_secure_ones() {
+    use portcullis::config::{Hsts, ListenerKind, TlsVersion};
+
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    let c = f
+        .load(&https_listener("certs/api.pem", "certs/api-key.pem"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.admin.listen, Some("127.0.0.1:9901".parse().expect("addr")));
+    assert_eq!(c.proxy.drain_timeout, Duration::from_secs(30));
+    assert!(c.proxy.trusted.load_balancers.is_empty() && c.proxy.trusted.proxies.is_empty());
+    // A listener with no routes at all is valid: it answers 404.
+    assert!(c.proxy.routes.is_empty() && c.proxy.pools.is_empty());
+    let ListenerKind::Https(tls) = &c.proxy.listeners[0].kind else {
+        panic!("https");
+    };
+    assert_eq!(tls.min_version, TlsVersion::Tls12);
+    assert_eq!(tls.alpn, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    assert_eq!(
+        tls.hsts,
+        Some(Hsts {
+            max_age: Duration::from_secs(365 * 86_400),
+            include_subdomains: false,
+            preload: false,
+        })
+    );
+    // HSTS off must be written.
+    let c = f
+        .load(&format!(
+            "{}[listeners.tls.hsts]\nenabled = false\n",
+            https_listener("certs/api.pem", "certs/api-key.pem")
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ListenerKind::Https(tls) = &c.proxy.listeners[0].kind else {
+        panic!("https");
+    };
+    assert_eq!(tls.hsts, None);
+}
+
+/// `examples/proxy.toml` names certificates that are not shipped: this loads a copy of it
+/// beside generated ones.
+#[test]
+fn the_proxy_example_loads_with_generated_certificates() {
+    use portcullis::config::ListenerKind;
+
+    let f = Fixture::new();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/proxy.toml"),
+    )
+    .expect("read examples/proxy.toml");
+    f.cert("example", &["api.example.com", "*.example.com"]);
+    f.cert("backend-ca", &["orders.internal"]);
+    let c = f.load(&example).unwrap_or_else(|e| panic!("examples/proxy.toml:\n{e}"));
+    assert!(!c.kernel.enabled);
+    assert!(!c.proxy.listeners.is_empty());
+    assert!(
+        c.proxy
+            .listeners
+            .iter()
+            .any(|l| matches!(l.kind, ListenerKind::Https(_)))
+    );
+    assert!(c.proxy.pools.iter().any(|p| p.tls.is_some() && p.health.is_some()));
+    assert!(!c.proxy.routes.is_empty());
+}

@@ -2,10 +2,12 @@
 //! namespaces with veth pairs, and packet builders. Every resource is owned by a guard that
 //! removes it on drop, so a failing test still cleans up.
 
+pub mod backend;
 pub mod mmdb_writer;
 pub mod netns;
 pub mod packets;
 pub mod pins;
+pub mod pki;
 
 /// Whether this process may load XDP programs and create namespaces.
 pub fn privileged() -> bool {

@@ -1,6 +1,7 @@
 //! The compile layer: raw sections in, a validated [`Config`] out. It owns what values mean:
 //! defaults, ranges, names, CIDRs, and reading the files the config points at (CIDR lists, the
-//! .mmdb). Every check runs even after one fails, so one run reports every error.
+//! .mmdb). Every check runs even after one fails, so one run reports every error. The proxy
+//! sections compile in [`super::proxy_compile`] and [`super::routes`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -9,8 +10,9 @@ use toml::Spanned;
 
 use super::duration;
 use super::error::{ConfigError, ErrorKind, Location};
+use super::proxy_compile;
 use super::model::{Config, KernelConfig, LogConfig};
-use super::raw::{RawConfig, RawDeny, RawGeo, RawKernel, RawLog, RawPrefixSources};
+use super::raw::{RawConfig, RawDeny, RawGeo, RawKernel, RawLog, RawPrefixSources, Strings};
 use super::reader::Field;
 use super::source::Diagnostics;
 use crate::rules::cidr_file::{CidrFileError, parse_cidr_file};
@@ -19,6 +21,18 @@ use crate::rules::{CountryCode, DenySet, GeoRules, Mode, Prefix, RuleSet, Unknow
 
 /// Compiles every section. The result is only meaningful if nothing was reported to `d`.
 pub(crate) fn compile(raw: RawConfig, d: &mut Diagnostics) -> Config {
+    let admin = proxy_compile::admin(raw.admin, d);
+    let proxy = proxy_compile::proxy(
+        proxy_compile::RawProxySections {
+            proxy: raw.proxy,
+            trusted_proxies: raw.trusted_proxies,
+            listeners: raw.listeners,
+            pools: raw.pools,
+            routes: raw.routes,
+        },
+        &admin,
+        d,
+    );
     Config {
         source: d.source().path().to_path_buf(),
         kernel: raw.kernel.map(|k| kernel(k, d)).unwrap_or_default(),
@@ -28,6 +42,8 @@ pub(crate) fn compile(raw: RawConfig, d: &mut Diagnostics) -> Config {
             geo: raw.geo.map(|g| geo(g, d)),
         },
         log: raw.log.map(log).unwrap_or_default(),
+        proxy,
+        admin: admin.config,
     }
 }
 
@@ -136,19 +152,25 @@ fn interface_name_problem(name: &str) -> Option<&'static str> {
 
 /// Inline CIDRs first, then each file's, in the order written.
 fn prefixes(raw: &RawPrefixSources, d: &mut Diagnostics) -> Vec<Prefix> {
+    let mut out = prefixes_from(&raw.cidrs, d);
+    if let Some(files) = raw.files.present() {
+        let key = format!("{}.files", raw.path);
+        for file in files.get_ref() {
+            out.extend(cidr_file(&key, file, d));
+        }
+    }
+    out
+}
+
+/// A list of inline prefixes; each bad one is reported where it is written.
+pub(crate) fn prefixes_from(list: &Field<Strings>, d: &mut Diagnostics) -> Vec<Prefix> {
     let mut out = Vec::new();
-    if let Some(cidrs) = raw.cidrs.present() {
+    if let Some(cidrs) = list.present() {
         for cidr in cidrs.get_ref() {
             match Prefix::parse_strict(cidr.get_ref()) {
                 Ok(p) => out.push(p),
                 Err(e) => d.at(&cidr.span(), e.into()),
             }
-        }
-    }
-    if let Some(files) = raw.files.present() {
-        let key = format!("{}.files", raw.path);
-        for file in files.get_ref() {
-            out.extend(cidr_file(&key, file, d));
         }
     }
     out
@@ -184,7 +206,7 @@ fn cidr_file(key: &str, file: &Spanned<String>, d: &mut Diagnostics) -> Vec<Pref
 }
 
 /// A path from the config, relative to the config file's directory.
-fn resolve(key: &str, path: &Spanned<String>, d: &mut Diagnostics) -> Option<PathBuf> {
+pub(crate) fn resolve(key: &str, path: &Spanned<String>, d: &mut Diagnostics) -> Option<PathBuf> {
     if path.get_ref().is_empty() {
         d.at(
             &path.span(),
@@ -198,30 +220,17 @@ fn resolve(key: &str, path: &Spanned<String>, d: &mut Diagnostics) -> Option<Pat
 }
 
 fn deny_sets(raw: Vec<RawDeny>, d: &mut Diagnostics) -> Vec<DenySet> {
-    // Name -> line of its first use, for the duplicate message.
-    let mut first_use: HashMap<String, usize> = HashMap::new();
+    let mut names = Names::new("deny set");
     let mut sets = Vec::with_capacity(raw.len());
     for set in raw {
-        let name = set
-            .name
-            .as_ref()
-            .map_or_else(String::new, |n| n.get_ref().clone());
-        if let Some(spanned) = &set.name {
-            if !is_valid_deny_name(&name) {
-                d.at(&spanned.span(), ErrorKind::DenyName { name: name.clone() });
-            } else if let Some(&first_line) = first_use.get(&name) {
-                let kind = ErrorKind::DuplicateDenyName {
-                    name: name.clone(),
-                    first_line,
-                };
-                d.at(&spanned.span(), kind);
-            } else {
-                let line = d.source().location(spanned.span().start).line;
-                first_use.insert(name.clone(), line);
-            }
+        if let Some(name) = &set.name {
+            names.check(name, d);
         }
         sets.push(DenySet {
-            name,
+            name: set
+                .name
+                .as_ref()
+                .map_or_else(String::new, |n| n.get_ref().clone()),
             mode: set.mode.value_or(Mode::default()),
             prefixes: prefixes(&set.sources, d),
         });
@@ -229,8 +238,50 @@ fn deny_sets(raw: Vec<RawDeny>, d: &mut Diagnostics) -> Vec<DenySet> {
     sets
 }
 
+/// The names of one kind of entry (deny sets, listeners, pools, routes): each must be
+/// well-formed and unique.
+pub(crate) struct Names {
+    what: &'static str,
+    /// Name -> line of its first use, for the duplicate message.
+    first_use: HashMap<String, usize>,
+}
+
+impl Names {
+    pub(crate) fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            first_use: HashMap::new(),
+        }
+    }
+
+    /// Reports a malformed or duplicate name.
+    pub(crate) fn check(&mut self, name: &Spanned<String>, d: &mut Diagnostics) {
+        if !is_valid_name(name.get_ref()) {
+            return d.at(&name.span(), self.malformed(name.get_ref()));
+        }
+        if let Some(&first_line) = self.first_use.get(name.get_ref()) {
+            let kind = ErrorKind::DuplicateName {
+                what: self.what,
+                name: name.get_ref().clone(),
+                first_line,
+            };
+            return d.at(&name.span(), kind);
+        }
+        let line = d.source().location(name.span().start).line;
+        self.first_use.insert(name.get_ref().clone(), line);
+    }
+
+    /// The error for a malformed name of this kind (for names that need not be unique).
+    pub(crate) fn malformed(&self, name: &str) -> ErrorKind {
+        ErrorKind::Name {
+            what: self.what,
+            name: name.to_owned(),
+        }
+    }
+}
+
 /// `[a-z0-9_-]{1,32}`: safe as a metrics label value and in a log line, unquoted.
-fn is_valid_deny_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
             .bytes()

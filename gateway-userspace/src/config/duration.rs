@@ -31,10 +31,17 @@ fn syntax_message(e: &humantime::DurationError) -> String {
 
 /// Parses a duration in `(0, max]`.
 pub(crate) fn parse_bounded(s: &str, max: Duration) -> Result<Duration, DurationError> {
+    match parse_up_to(s, max)? {
+        d if d.is_zero() => Err(DurationError::Zero),
+        d => Ok(d),
+    }
+}
+
+/// Parses a duration in `[0, max]`, for the rare key where zero means something (an HSTS
+/// `max_age` of zero tells browsers to forget the policy, RFC 6797 section 6.1.1).
+pub(crate) fn parse_up_to(s: &str, max: Duration) -> Result<Duration, DurationError> {
     let d = humantime::parse_duration(s)?;
-    if d.is_zero() {
-        Err(DurationError::Zero)
-    } else if d > max {
+    if d > max {
         Err(DurationError::TooLong(max))
     } else {
         Ok(d)
@@ -53,6 +60,13 @@ mod tests {
         assert_eq!(parse_bounded("1m 30s", HOUR), Ok(Duration::from_secs(90)));
         assert_eq!(parse_bounded("500ms", HOUR), Ok(Duration::from_millis(500)));
         assert_eq!(parse_bounded("1h", HOUR), Ok(HOUR));
+    }
+
+    #[test]
+    fn zero_only_where_asked_for() {
+        assert_eq!(parse_up_to("0s", HOUR), Ok(Duration::ZERO));
+        assert_eq!(parse_bounded("0s", HOUR), Err(DurationError::Zero));
+        assert_eq!(parse_up_to("2h", HOUR), Err(DurationError::TooLong(HOUR)));
     }
 
     #[test]

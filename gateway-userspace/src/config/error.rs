@@ -102,12 +102,18 @@ pub enum ErrorKind {
     /// An included CIDR file that cannot be used at all (located at its reference).
     #[error("{0}")]
     CidrFile(String),
-    /// A deny set name outside `[a-z0-9_-]{1,32}`: names appear in metrics labels and logs.
-    #[error("invalid deny set name `{name}`: use 1 to 32 characters from a-z, 0-9, `_` and `-`")]
-    DenyName { name: String },
-    /// Two deny sets with one name: counters and logs could not tell them apart.
-    #[error("duplicate deny set name `{name}` (first used on line {first_line})")]
-    DuplicateDenyName { name: String, first_line: usize },
+    /// A name (of a deny set, listener, pool, route or product) outside `[a-z0-9_-]{1,32}`:
+    /// names appear in metrics labels and logs.
+    #[error("invalid {what} name `{name}`: use 1 to 32 characters from a-z, 0-9, `_` and `-`")]
+    Name { what: &'static str, name: String },
+    /// Two entries of one kind with one name: counters, logs and references could not tell
+    /// them apart.
+    #[error("duplicate {what} name `{name}` (first used on line {first_line})")]
+    DuplicateName {
+        what: &'static str,
+        name: String,
+        first_line: usize,
+    },
     /// A country that is not two ASCII letters.
     #[error("`{code}` is not an ISO 3166-1 alpha-2 country code (two letters, such as `RU`)")]
     CountryCode { code: String },
@@ -120,6 +126,137 @@ pub enum ErrorKind {
     /// The country database could not be loaded; the message names the .mmdb file.
     #[error("{0}")]
     Geo(String),
+    /// An integer outside the range its key allows.
+    #[error("`{key}`: {value} is out of range; expected {min} to {max}")]
+    OutOfRange {
+        key: String,
+        value: i64,
+        min: i64,
+        max: i64,
+    },
+    /// A value that must be an IP address with a port; `example` is quoted as it should read.
+    #[error("`{key}`: `{value}` is not an IP address and port such as {example}")]
+    SocketAddr {
+        key: String,
+        value: String,
+        example: &'static str,
+    },
+    /// The admin endpoint (metrics, bans, reload) on a non-loopback address, not asked for.
+    #[error(
+        "`admin.listen`: {addr} is not a loopback address, so the admin endpoint (metrics, bans, \
+         reload) would be reachable from the network; set `admin.allow_remote = true` if that is \
+         intended"
+    )]
+    AdminNotLoopback { addr: std::net::SocketAddr },
+    /// Two sockets that cannot both be bound: the same address, or a wildcard address and
+    /// another on the same port.
+    #[error("{}", bind_conflict(addr, other, owner))]
+    BindConflict {
+        addr: std::net::SocketAddr,
+        other: std::net::SocketAddr,
+        /// Who binds `other`, and where: ``listener `public` (line 4)``.
+        owner: String,
+    },
+    /// A listener expecting PROXY headers while no peer may send one.
+    #[error(
+        "`listeners.proxy_protocol` is true but `trusted_proxies.load_balancers` is empty: no \
+         peer may send a PROXY header, so every connection would be closed"
+    )]
+    ProxyProtocolUntrusted,
+    /// A key that means nothing in this context (`http_mode` on an https listener).
+    #[error("`{key}` applies only {applies}")]
+    NotApplicable { key: String, applies: &'static str },
+    /// An https listener without its certificates.
+    #[error("https listener `{listener}` needs a [listeners.tls] section with its certificates")]
+    TlsMissing { listener: String },
+    /// A list that must not be empty; `hint` says what to write instead.
+    #[error("`{key}` is empty: {hint}")]
+    EmptyList { key: String, hint: &'static str },
+    /// The same value twice in a list where that is a mistake.
+    #[error("`{key}`: `{value}` is listed more than once")]
+    Duplicate { key: String, value: String },
+    /// A certificate, key or CA file that cannot be used (located at the entry naming it).
+    #[error(transparent)]
+    TlsFile(#[from] super::tls_files::TlsFileError),
+    /// HSTS preload asked for without what the preload list requires.
+    #[error("`listeners.tls.hsts.preload` requires {requirement} (the hstspreload.org rules)")]
+    HstsPreload { requirement: &'static str },
+    /// A backend endpoint that is not `host:port`.
+    #[error("`pools.endpoints`: `{value}` is not a `host:port` endpoint: {reason}")]
+    Endpoint { value: String, reason: String },
+    /// A backend name that does not resolve at load time.
+    #[error("cannot resolve `{endpoint}`: {reason}")]
+    Resolve { endpoint: String, reason: String },
+    /// A TLS server name that is neither a DNS name nor an IP address.
+    #[error("`{key}`: `{value}` is not a valid DNS name or IP address")]
+    ServerName { key: String, value: String },
+    /// A URL path that cannot be used as written.
+    #[error("`{key}`: invalid path `{value}`: {reason}")]
+    Path {
+        key: String,
+        value: String,
+        reason: &'static str,
+    },
+    /// Two durations in the wrong order (a health check timeout longer than its interval).
+    #[error(
+        "`{key}` ({}) must be {relation} `{other}` ({})",
+        humantime::format_duration(*value),
+        humantime::format_duration(*other_value)
+    )]
+    DurationOrder {
+        key: String,
+        value: std::time::Duration,
+        relation: &'static str,
+        other: String,
+        other_value: std::time::Duration,
+    },
+    /// A byte size that does not parse.
+    #[error("`{key}`: invalid size `{value}`: {reason}")]
+    Size {
+        key: String,
+        value: String,
+        reason: super::size::SizeError,
+    },
+    /// A string that is not an HTTP method token (RFC 9110 section 9.1).
+    #[error("`routes.methods`: `{value}` is not an HTTP method (a token such as `GET`)")]
+    Method { value: String },
+    /// A route host pattern that could never match, or is ambiguous.
+    #[error("`routes.hosts`: invalid host `{value}`: {reason}")]
+    HostPattern { value: String, reason: String },
+    /// A route naming a pool that does not exist.
+    #[error("unknown pool `{name}`{}", unknown_pool_hint(suggestion.as_deref(), pools))]
+    UnknownPool {
+        name: String,
+        suggestion: Option<String>,
+        pools: Vec<String>,
+    },
+    /// A route that can never be chosen: an earlier one matches every request it would.
+    #[error(
+        "route `{by}` (line {line}) shadows route `{route}`: it matches every request `{route}` \
+         would (same hosts and path, and its methods include all of `{route}`'s), so `{route}` \
+         would never be used"
+    )]
+    Shadowed {
+        route: String,
+        by: String,
+        line: usize,
+    },
+}
+
+fn bind_conflict(addr: &std::net::SocketAddr, other: &std::net::SocketAddr, owner: &str) -> String {
+    if addr == other {
+        format!("bind address {addr} is already used by {owner}")
+    } else {
+        format!("bind address {addr} overlaps {other}, bound by {owner}")
+    }
+}
+
+fn unknown_pool_hint(suggestion: Option<&str>, pools: &[String]) -> String {
+    match (suggestion, pools) {
+        (Some(s), _) => format!("; did you mean `{s}`?"),
+        (None, []) => "; no [[pools]] are defined".to_owned(),
+        (None, pools) => format!("; defined pools: {}", pools.join(", ")),
+    }
 }
 
 fn unknown_key_hint(suggestion: &Option<&'static str>, expected: &[&'static str]) -> String {
@@ -319,17 +456,19 @@ mod tests {
                 "`d/x.txt` is not a regular file",
             ),
             (
-                ErrorKind::DenyName {
+                ErrorKind::Name {
+                    what: "deny set",
                     name: "Bogons".into(),
                 },
                 "invalid deny set name `Bogons`: use 1 to 32 characters from a-z, 0-9, `_` and `-`",
             ),
             (
-                ErrorKind::DuplicateDenyName {
-                    name: "bogons".into(),
+                ErrorKind::DuplicateName {
+                    what: "route",
+                    name: "orders".into(),
                     first_line: 3,
                 },
-                "duplicate deny set name `bogons` (first used on line 3)",
+                "duplicate route name `orders` (first used on line 3)",
             ),
             (
                 ErrorKind::CountryCode { code: "RUS".into() },
@@ -343,6 +482,187 @@ mod tests {
             (
                 ErrorKind::Geo("cannot open `x.mmdb`: gone".into()),
                 "cannot open `x.mmdb`: gone",
+            ),
+            (
+                ErrorKind::OutOfRange {
+                    key: "routes.retries".into(),
+                    value: 9,
+                    min: 0,
+                    max: 5,
+                },
+                "`routes.retries`: 9 is out of range; expected 0 to 5",
+            ),
+            (
+                ErrorKind::SocketAddr {
+                    key: "listeners.bind".into(),
+                    value: "localhost:80".into(),
+                    example: "`0.0.0.0:8443`",
+                },
+                "`listeners.bind`: `localhost:80` is not an IP address and port such as `0.0.0.0:8443`",
+            ),
+            (
+                ErrorKind::AdminNotLoopback {
+                    addr: "0.0.0.0:9901".parse().expect("addr"),
+                },
+                "`admin.listen`: 0.0.0.0:9901 is not a loopback address, so the admin endpoint \
+                 (metrics, bans, reload) would be reachable from the network; set \
+                 `admin.allow_remote = true` if that is intended",
+            ),
+            (
+                ErrorKind::BindConflict {
+                    addr: "0.0.0.0:443".parse().expect("addr"),
+                    other: "0.0.0.0:443".parse().expect("addr"),
+                    owner: "listener `public` (line 4)".into(),
+                },
+                "bind address 0.0.0.0:443 is already used by listener `public` (line 4)",
+            ),
+            (
+                ErrorKind::BindConflict {
+                    addr: "10.0.0.1:443".parse().expect("addr"),
+                    other: "0.0.0.0:443".parse().expect("addr"),
+                    owner: "listener `public` (line 4)".into(),
+                },
+                "bind address 10.0.0.1:443 overlaps 0.0.0.0:443, bound by listener `public` (line 4)",
+            ),
+            (
+                ErrorKind::ProxyProtocolUntrusted,
+                "`listeners.proxy_protocol` is true but `trusted_proxies.load_balancers` is empty: \
+                 no peer may send a PROXY header, so every connection would be closed",
+            ),
+            (
+                ErrorKind::NotApplicable {
+                    key: "listeners.http_mode".into(),
+                    applies: "to `protocol = \"http\"` listeners",
+                },
+                "`listeners.http_mode` applies only to `protocol = \"http\"` listeners",
+            ),
+            (
+                ErrorKind::TlsMissing {
+                    listener: "public".into(),
+                },
+                "https listener `public` needs a [listeners.tls] section with its certificates",
+            ),
+            (
+                ErrorKind::EmptyList {
+                    key: "routes.methods".into(),
+                    hint: "list at least one method, or remove the key to match any method",
+                },
+                "`routes.methods` is empty: list at least one method, or remove the key to match \
+                 any method",
+            ),
+            (
+                ErrorKind::Duplicate {
+                    key: "routes.methods".into(),
+                    value: "GET".into(),
+                },
+                "`routes.methods`: `GET` is listed more than once",
+            ),
+            (
+                ErrorKind::TlsFile(super::super::tls_files::TlsFileError::NoCertificate {
+                    path: "certs/api.pem".into(),
+                }),
+                "certs/api.pem: no certificate found",
+            ),
+            (
+                ErrorKind::HstsPreload {
+                    requirement: "`include_subdomains = true`",
+                },
+                "`listeners.tls.hsts.preload` requires `include_subdomains = true` (the \
+                 hstspreload.org rules)",
+            ),
+            (
+                ErrorKind::Endpoint {
+                    value: "api".into(),
+                    reason: "no port".into(),
+                },
+                "`pools.endpoints`: `api` is not a `host:port` endpoint: no port",
+            ),
+            (
+                ErrorKind::Resolve {
+                    endpoint: "api.invalid:80".into(),
+                    reason: "no such host".into(),
+                },
+                "cannot resolve `api.invalid:80`: no such host",
+            ),
+            (
+                ErrorKind::ServerName {
+                    key: "pools.tls.server_name".into(),
+                    value: "a b".into(),
+                },
+                "`pools.tls.server_name`: `a b` is not a valid DNS name or IP address",
+            ),
+            (
+                ErrorKind::Path {
+                    key: "routes.path".into(),
+                    value: "api".into(),
+                    reason: "it must start with `/`",
+                },
+                "`routes.path`: invalid path `api`: it must start with `/`",
+            ),
+            (
+                ErrorKind::DurationOrder {
+                    key: "pools.health.timeout".into(),
+                    value: std::time::Duration::from_secs(5),
+                    relation: "shorter than",
+                    other: "pools.health.interval".into(),
+                    other_value: std::time::Duration::from_secs(2),
+                },
+                "`pools.health.timeout` (5s) must be shorter than `pools.health.interval` (2s)",
+            ),
+            (
+                ErrorKind::Size {
+                    key: "routes.max_body_size".into(),
+                    value: "-1".into(),
+                    reason: super::super::size::SizeError::Negative,
+                },
+                "`routes.max_body_size`: invalid size `-1`: it must not be negative",
+            ),
+            (
+                ErrorKind::Method {
+                    value: "GE T".into(),
+                },
+                "`routes.methods`: `GE T` is not an HTTP method (a token such as `GET`)",
+            ),
+            (
+                ErrorKind::HostPattern {
+                    value: "*.*.example.com".into(),
+                    reason: "a wildcard is allowed only as the whole leftmost label".into(),
+                },
+                "`routes.hosts`: invalid host `*.*.example.com`: a wildcard is allowed only as the \
+                 whole leftmost label",
+            ),
+            (
+                ErrorKind::UnknownPool {
+                    name: "apii".into(),
+                    suggestion: Some("api".into()),
+                    pools: vec!["api".into()],
+                },
+                "unknown pool `apii`; did you mean `api`?",
+            ),
+            (
+                ErrorKind::UnknownPool {
+                    name: "x".into(),
+                    suggestion: None,
+                    pools: vec!["api".into(), "web".into()],
+                },
+                "unknown pool `x`; defined pools: api, web",
+            ),
+            (
+                ErrorKind::UnknownPool {
+                    name: "x".into(),
+                    suggestion: None,
+                    pools: vec![],
+                },
+                "unknown pool `x`; no [[pools]] are defined",
+            ),
+            (
+                ErrorKind::Shadowed {
+                    route: "b".into(),
+                    by: "a".into(),
+                    line: 7,
+                },
+                "route `a` (line 7) shadows route `b`: it matches every request `b` would (same \
+                 hosts and path, and its methods include all of `b`'s), so `b` would never be used",
             ),
         ];
         for (kind, expected) in cases {

@@ -10,10 +10,16 @@ mod compile;
 mod duration;
 mod error;
 mod model;
+mod proxy_compile;
 mod proxy_model;
+mod proxy_raw;
 mod raw;
 mod reader;
+mod routes;
+mod schema;
+mod size;
 mod source;
+mod tls_files;
 
 use std::path::Path;
 
@@ -22,6 +28,9 @@ use toml::de::DeTable;
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Location};
 pub use model::{AttachMode, Config, KernelConfig, LogConfig, LogFormat, LogLevel};
 pub use proxy_model::*;
+pub use schema::json_schema;
+pub use size::SizeError;
+pub use tls_files::TlsFileError;
 
 use source::{Diagnostics, SourceFile};
 

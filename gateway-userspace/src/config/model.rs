@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::proxy_model::{AdminConfig, ProxyConfig};
 use crate::rules::RuleSet;
 
 /// A loaded and fully checked configuration.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// The config file it was loaded from.
     pub source: PathBuf,
@@ -15,6 +16,10 @@ pub struct Config {
     /// Allow list, deny sets and geo-blocking with every file read and every prefix parsed.
     pub rules: RuleSet,
     pub log: LogConfig,
+    /// Listeners, routes and pools with every certificate read; no listeners means no proxy.
+    pub proxy: ProxyConfig,
+    /// The local admin endpoint.
+    pub admin: AdminConfig,
 }
 
 /// `[kernel]`: the XDP layer.

@@ -139,7 +139,7 @@ pub enum HostMatch {
     Suffix(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PathMatch {
     Exact(String),
     /// Matches the prefix at a segment boundary: `/api` matches `/api` and `/api/x`, not

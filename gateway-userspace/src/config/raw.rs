@@ -3,12 +3,17 @@
 //! which table; [`super::compile`] owns what the values mean.
 //!
 //! To add a section: a `Raw*` struct, a `read` function asking for each key, and one line in
-//! [`RawConfig::read`]; then a compile step for it.
+//! [`RawConfig::read`]; then a compile step for it, and its mirror in [`super::schema`] (a test
+//! fails until the schema and the reader agree). The proxy sections live in
+//! [`super::proxy_raw`].
 
 use toml::Spanned;
 use toml::de::DeTable;
 
 use super::model::{AttachMode, LogFormat, LogLevel};
+use super::proxy_raw::{
+    RawAdmin, RawListener, RawPool, RawProxy, RawRoute, RawTrustedProxies,
+};
 use super::reader::{Field, Keyword, Table};
 use super::source::{Diagnostics, Span};
 use crate::rules::{Mode, UnknownCountry};
@@ -24,6 +29,13 @@ pub(crate) struct RawConfig {
     pub deny: Vec<RawDeny>,
     pub geo: Option<RawGeo>,
     pub log: Option<RawLog>,
+    pub admin: Option<RawAdmin>,
+    pub proxy: Option<RawProxy>,
+    /// `None` also when it was not a table, so checks that depend on it stay quiet.
+    pub trusted_proxies: Option<RawTrustedProxies>,
+    pub listeners: Vec<RawListener>,
+    pub pools: Vec<RawPool>,
+    pub routes: Vec<RawRoute>,
 }
 
 impl RawConfig {
@@ -41,6 +53,26 @@ impl RawConfig {
                 .collect(),
             geo: root.table("geo", d).read_optional(d, RawGeo::read),
             log: root.table("log", d).read_or_default(d, RawLog::read),
+            admin: root.table("admin", d).read_or_default(d, RawAdmin::read),
+            proxy: root.table("proxy", d).read_or_default(d, RawProxy::read),
+            trusted_proxies: root
+                .table("trusted_proxies", d)
+                .read_or_default(d, RawTrustedProxies::read),
+            listeners: root
+                .tables("listeners", d)
+                .into_iter()
+                .map(|t| RawListener::read(t, d))
+                .collect(),
+            pools: root
+                .tables("pools", d)
+                .into_iter()
+                .map(|t| RawPool::read(t, d))
+                .collect(),
+            routes: root
+                .tables("routes", d)
+                .into_iter()
+                .map(|t| RawRoute::read(t, d))
+                .collect(),
         };
         root.finish(d);
         raw

@@ -130,7 +130,27 @@ impl<'a, 'i> Table<'a, 'i> {
         key: &'static str,
         d: &mut Diagnostics,
     ) -> Option<Spanned<T>> {
-        match self.value(key, d) {
+        let field = self.value(key, d);
+        self.require(key, field, d)
+    }
+
+    /// A [`Keyword`] that must be present: absence is reported at the table's header.
+    pub(crate) fn required_keyword<K: Keyword>(
+        &mut self,
+        key: &'static str,
+        d: &mut Diagnostics,
+    ) -> Option<Spanned<K>> {
+        let field = self.keyword(key, d);
+        self.require(key, field, d)
+    }
+
+    fn require<T>(
+        &self,
+        key: &'static str,
+        field: Field<T>,
+        d: &mut Diagnostics,
+    ) -> Option<Spanned<T>> {
+        match field {
             Field::Present(v) => Some(v),
             Field::Invalid => None,
             Field::Absent => {
@@ -193,8 +213,21 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// An array of tables, written `[[key]]` (or `key = [{ ... }, ...]`); absent is empty.
     pub(crate) fn tables(&mut self, key: &'static str, d: &mut Diagnostics) -> Vec<Table<'a, 'i>> {
+        match self.tables_field(key, d) {
+            Field::Present(tables) => tables.into_inner(),
+            Field::Absent | Field::Invalid => Vec::new(),
+        }
+    }
+
+    /// An array of tables where absent and empty differ (a required list): `Present` carries
+    /// the span of the whole array. Elements that are not tables are reported and left out.
+    pub(crate) fn tables_field(
+        &mut self,
+        key: &'static str,
+        d: &mut Diagnostics,
+    ) -> Field<Vec<Table<'a, 'i>>> {
         let Some(value) = self.get(key) else {
-            return Vec::new();
+            return Field::Absent;
         };
         let path = self.key_path(key);
         let wrong = |d: &mut Diagnostics, span: &Span, found: &DeValue| {
@@ -212,7 +245,7 @@ impl<'a, 'i> Table<'a, 'i> {
         };
         let DeValue::Array(items) = value.get_ref() else {
             wrong(d, &value.span(), value.get_ref());
-            return Vec::new();
+            return Field::Invalid;
         };
         let mut tables = Vec::new();
         for item in items.iter() {
@@ -227,7 +260,7 @@ impl<'a, 'i> Table<'a, 'i> {
                 other => wrong(d, &item.span(), other),
             }
         }
-        tables
+        Field::Present(Spanned::new(value.span(), tables))
     }
 
     /// Reports every key that was not asked for. Call after reading every known key.
@@ -240,7 +273,7 @@ impl<'a, 'i> Table<'a, 'i> {
             let kind = ErrorKind::UnknownKey {
                 key: name.to_owned(),
                 table: self.display.clone(),
-                suggestion: closest(name, &self.known),
+                suggestion: closest(name, self.known.iter().copied()),
                 expected: self.known.clone(),
             };
             d.at(&key.span(), kind);
@@ -274,6 +307,23 @@ impl<'a, 'i> Section<'a, 'i> {
             Self::Present(t) => Some(read(t, d)),
         }
     }
+
+    /// Reads a section whose absence means something (a required section, or one whose
+    /// absence differs from its defaults): `Present` carries the span of its header.
+    pub(crate) fn read_field<T>(
+        self,
+        d: &mut Diagnostics,
+        read: impl FnOnce(Table<'a, 'i>, &mut Diagnostics) -> T,
+    ) -> Field<T> {
+        match self {
+            Self::Absent => Field::Absent,
+            Self::Invalid => Field::Invalid,
+            Self::Present(t) => {
+                let span = t.span().clone();
+                Field::Present(Spanned::new(span, read(t, d)))
+            }
+        }
+    }
 }
 
 /// "a string", "an integer", ... in the words serde uses for type errors.
@@ -289,12 +339,13 @@ fn describe(v: &DeValue) -> &'static str {
     }
 }
 
-/// The known key closest to `key`, if close enough to be a typo: at most two edits, and fewer
-/// than half the key's length (so `ab` does not suggest `cd`).
-fn closest(key: &str, known: &[&'static str]) -> Option<&'static str> {
+/// The known name closest to `key`, if close enough to be a typo: at most two edits, and fewer
+/// than half the key's length (so `ab` does not suggest `cd`). Used for keys and for names
+/// that reference other entries (a route's pool).
+pub(crate) fn closest<'k>(key: &str, known: impl IntoIterator<Item = &'k str>) -> Option<&'k str> {
     known
-        .iter()
-        .map(|k| (edit_distance(key, k), *k))
+        .into_iter()
+        .map(|k| (edit_distance(key, k), k))
         .filter(|&(dist, _)| dist <= 2 && dist * 2 < key.chars().count().max(1))
         .min_by_key(|&(dist, _)| dist)
         .map(|(_, k)| k)
@@ -344,11 +395,11 @@ mod tests {
     #[test]
     fn suggestions_only_for_likely_typos() {
         let known = ["enabled", "interfaces", "attach_mode", "pin_root"];
-        assert_eq!(closest("interface", &known), Some("interfaces"));
-        assert_eq!(closest("enabeld", &known), Some("enabled"));
-        assert_eq!(closest("colour", &known), None);
-        assert_eq!(closest("", &known), None);
-        assert_eq!(closest("ab", &["cd"]), None);
-        assert_eq!(closest("mdoe", &["name", "mode"]), Some("mode"));
+        assert_eq!(closest("interface", known), Some("interfaces"));
+        assert_eq!(closest("enabeld", known), Some("enabled"));
+        assert_eq!(closest("colour", known), None);
+        assert_eq!(closest("", known), None);
+        assert_eq!(closest("ab", ["cd"]), None);
+        assert_eq!(closest("mdoe", ["name", "mode"]), Some("mode"));
     }
 }

@@ -88,6 +88,12 @@ impl<'s, 't> Diagnostics<'s, 't> {
         self.errors.push(ConfigError { location, kind });
     }
 
+    /// How many errors have been reported so far: a step compares counts to know whether its
+    /// own checks failed, and skips checks that would only echo them.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     /// An error located elsewhere (in an included file).
     pub(crate) fn push(&mut self, error: ConfigError) {
         self.errors.push(error);

@@ -138,12 +138,12 @@ deny = [{ name = "x", cidrs = ["192.0.2.0/24"] }]
 fn unknown_sections_and_nested_keys() {
     assert_eq!(
         errors(
-            "[kernel]\ninterfaces = [\"eth0\"]\n[kernel.extra]\nx = 1\n[listeners]\nport = 1\n[[deny]]\nname = \"a\"\nmdoe = \"report\"\n"
+            "[kernel]\ninterfaces = [\"eth0\"]\n[kernel.extra]\nx = 1\n[upstreams]\nport = 1\n[[deny]]\nname = \"a\"\nmdoe = \"report\"\n"
         ),
         "p.toml:3:9: error: unknown key `extra` in [kernel]; expected one of: enabled, interfaces, \
          attach_mode, pin_root, ban_sweep_interval\n\
-         p.toml:5:2: error: unknown key `listeners` in the top level; expected one of: kernel, allow, \
-         deny, geo, log\n\
+         p.toml:5:2: error: unknown key `upstreams` in the top level; expected one of: kernel, allow, \
+         deny, geo, log, admin, proxy, trusted_proxies, listeners, pools, routes\n\
          p.toml:9:1: error: unknown key `mdoe` in [[deny]]; did you mean `mode`?"
     );
 }

@@ -169,6 +169,27 @@ impl Bans {
         Ok(existed)
     }
 
+    /// The live ban covering `addr`, if any: the same probe the program makes (each banned
+    /// prefix length of the family), for the userspace backstop.
+    pub fn lookup(&self, addr: IpAddr) -> Result<Option<BanReason>, KernelError> {
+        let host = Prefix::host(addr);
+        let now = monotonic_ns();
+        for stored in self.read_lens(host.is_v6())? {
+            let Ok(prefix) = Prefix::new(host.addr(), (stored - 1) as u8) else {
+                continue;
+            };
+            match self.map.get(&ban_key(&prefix), 0) {
+                Ok(e) if e.expires_at_ns == 0 || e.expires_at_ns > now => {
+                    return Ok(Some(BanReason::from_code(e.reason).unwrap_or(BanReason::Manual)));
+                }
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(KernelError::map("looking up a ban", e)),
+            }
+        }
+        Ok(None)
+    }
+
     /// Live bans, most recent first.
     pub fn list(&self) -> Result<Vec<Ban>, KernelError> {
         let now = monotonic_ns();

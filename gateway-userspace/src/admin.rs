@@ -1,0 +1,111 @@
+//! The local admin endpoint (loopback by default): `/live`, `/ready`, `/metrics`,
+//! `POST /reload`, `GET /bans`. It is an operator's tool, not part of the public API surface,
+//! which is why it refuses non-loopback addresses unless the config says otherwise.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::kernel::{Bans, PinLayout};
+use crate::metrics::Metrics;
+use crate::proxy::respond::{Body, full};
+
+/// What a reload request gets back: `Ok` with a summary, or the errors that refused it.
+pub type ReloadReply = Result<String, String>;
+
+/// Shared with the daemon.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+    pub reload: mpsc::Sender<oneshot::Sender<ReloadReply>>,
+    pub pins: Option<PinLayout>,
+}
+
+/// Serves the admin endpoint until `stop` turns true.
+pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            a = tcp.accept() => match a { Ok(a) => a, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(state.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n"),
+        (&Method::GET, "/ready") => {
+            if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render(),
+        ),
+        (&Method::POST, "/reload") => {
+            let (tx, rx) = oneshot::channel();
+            let reply = if state.reload.send(tx).await.is_ok() {
+                rx.await.unwrap_or_else(|_| Err("the daemon is stopping".into()))
+            } else {
+                Err("the daemon is stopping".into())
+            };
+            match reply {
+                Ok(summary) => text(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::json!({"result": "reloaded", "summary": summary}).to_string(),
+                ),
+                Err(errors) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "application/json",
+                    serde_json::json!({"result": "refused", "errors": errors}).to_string(),
+                ),
+            }
+        }
+        (&Method::GET, "/bans") => match state.pins.as_ref().map(|p| Bans::open(p).and_then(|b| b.list())) {
+            Some(Ok(bans)) => {
+                let items: Vec<_> = bans
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "prefix": b.prefix.to_string(),
+                            "reason": b.reason.name(),
+                            "remaining_secs": b.remaining.map(|d| d.as_secs_f64()),
+                            "created_unix": b.created_unix,
+                        })
+                    })
+                    .collect();
+                text(StatusCode::OK, "application/json", serde_json::Value::Array(items).to_string())
+            }
+            Some(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            None => text(StatusCode::NOT_FOUND, "text/plain", "the kernel layer is disabled\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    };
+    Ok(resp)
+}

@@ -1,0 +1,860 @@
+//! The JSON Schema of the config file, for editors: completion, hover documentation and
+//! checking as you type. Generated with schemars from the mirror types below, whose doc
+//! comments become the descriptions and whose keyword enums take their words from the reader's
+//! own [`Keyword`] tables.
+//!
+//! The reader ([`super::raw`], [`super::proxy_raw`]) stays the authority on what loads; the
+//! schema describes it. Tests keep the two in step: every table here has exactly the keys the
+//! reader asks for, every default here is the compiler's default, and the shipped examples
+//! validate. What only the compiler can judge (files, references between sections, overlapping
+//! binds) is not in the schema. The committed copy is `docs/portcullis.schema.json`.
+
+#![allow(dead_code)] // The mirror types are never built, only described.
+
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde_json::Value;
+
+use super::model::{AttachMode, LogFormat, LogLevel};
+use super::proxy_model::{Balance, ClientIpHeader, TlsVersion, UpstreamProtocol};
+use super::proxy_raw::{HttpMode, ListenerProtocol, PathMatchKind};
+use super::reader::Keyword;
+use crate::rules::{Mode, UnknownCountry};
+
+/// The JSON Schema (draft 2020-12) of the Portcullis config file, as TOML converted to JSON.
+/// `portcullis schema` prints it; `docs/portcullis.schema.json` is a copy.
+pub fn json_schema() -> Value {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<ConfigFile>();
+    let mut value = schema.to_value();
+    tidy(&mut value);
+    value
+}
+
+/// Adapts schemars' output to TOML and to editors. TOML has no null, so an optional key is
+/// one that may be absent, never one that may be null: schemars' `Option` adds `null` as an
+/// alternative, which this removes. Doc comments are wrapped at 100 columns; descriptions
+/// are shown as flowing text, so single line breaks become spaces.
+fn tidy(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(text)) = map.get_mut("description") {
+                *text = text
+                    .split("\n\n")
+                    .map(|p| p.replace('\n', " "))
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+            }
+            if let Some(Value::Array(words)) = map.get_mut("enum") {
+                words.retain(|w| !w.is_null());
+            }
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    map.insert("type".into(), only);
+                }
+            }
+            if let Some(Value::Array(any)) = map.get_mut("anyOf") {
+                any.retain(|s| s.get("type").is_none_or(|t| t != "null"));
+                if any.len() == 1 {
+                    if let Some(Value::Object(only)) = any.pop() {
+                        map.remove("anyOf");
+                        for (k, v) in only {
+                            map.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
+            map.values_mut().for_each(tidy);
+        }
+        Value::Array(items) => items.iter_mut().for_each(tidy),
+        _ => {}
+    }
+}
+
+/// A keyword's schema: a string enum of exactly the words the reader accepts.
+macro_rules! keyword_schema {
+    ($($ty:ty),* $(,)?) => {$(
+        impl JsonSchema for $ty {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($ty).into()
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                let words: Vec<&str> = <$ty as Keyword>::WORDS.iter().map(|(w, _)| *w).collect();
+                json_schema!({ "type": "string", "enum": words })
+            }
+        }
+    )*};
+}
+
+keyword_schema!(
+    AttachMode,
+    Mode,
+    UnknownCountry,
+    LogLevel,
+    LogFormat,
+    ClientIpHeader,
+    ListenerProtocol,
+    HttpMode,
+    TlsVersion,
+    Balance,
+    UpstreamProtocol,
+    PathMatchKind,
+);
+
+/// A string schema with a pattern the reader's own check is stricter than or equal to.
+macro_rules! string_schema {
+    ($($(#[$doc:meta])* $name:ident => $schema:tt),* $(,)?) => {$(
+        $(#[$doc])*
+        struct $name;
+        impl JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!($schema)
+            }
+        }
+    )*};
+}
+
+string_schema!(
+    /// A humantime duration: a number and a unit, such as "10s", "1m 30s" or "500ms".
+    DurationStr => { "type": "string", "pattern": "^\\s*[0-9]" },
+    /// `[a-z0-9_-]{1,32}`, as names must be.
+    Name => { "type": "string", "pattern": "^[a-z0-9_-]{1,32}$" },
+    /// A file path, relative to the config file's directory unless absolute.
+    FilePath => { "type": "string", "minLength": 1 },
+    /// An HTTP method token (RFC 9110 section 5.6.2), any case.
+    Method => { "type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" },
+    /// A route path: `/` first, printable ASCII without `?` and `#`.
+    RoutePath => { "type": "string", "pattern": "^/[!-\"$->@-~]*$" },
+    /// Bytes as an integer, or a whole number and a unit.
+    Size => {
+        "anyOf": [
+            { "type": "integer", "minimum": 0 },
+            { "type": "string", "pattern": "^\\s*[0-9]+\\s*([kKmMgG][iI]?)?[bB]\\s*$" }
+        ]
+    },
+);
+
+/// Portcullis configuration. Unknown keys are errors; relative paths resolve against the
+/// directory of the config file. Reference: docs/configuration.md.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields, title = "Portcullis configuration")]
+struct ConfigFile {
+    /// The XDP layer: drops denied and geo-blocked sources before the network stack.
+    kernel: Option<Kernel>,
+    /// Sources that always pass, before bans, deny sets and geo-blocking (management networks).
+    allow: Option<PrefixSources>,
+    /// Named deny sets, judged in order after the allow list and bans.
+    deny: Option<Vec<Deny>>,
+    /// Geo-blocking from a MaxMind-format country database.
+    geo: Option<Geo>,
+    log: Option<Log>,
+    /// The local admin endpoint: /live, /ready, /metrics, bans, reload.
+    admin: Option<Admin>,
+    /// Settings of the proxy as a whole.
+    proxy: Option<Proxy>,
+    /// Who may vouch for a client address (PROXY protocol, X-Forwarded-For, Forwarded).
+    trusted_proxies: Option<TrustedProxies>,
+    /// Listening sockets. None means the proxy does not run (kernel layer only).
+    listeners: Option<Vec<Listener>>,
+    /// Backend pools (the fleets routes send to).
+    pools: Option<Vec<Pool>>,
+    /// Routes: which requests go to which pool. Matched most specific first.
+    routes: Option<Vec<Route>>,
+}
+
+/// `[kernel]`: the XDP layer.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Kernel {
+    /// Load and attach the XDP program (needs CAP_BPF and CAP_NET_ADMIN). With false, rules
+    /// are checked but not loaded, and no interface is needed.
+    #[schemars(extend("default" = true))]
+    enabled: Option<bool>,
+    /// Interfaces to attach to; at least one when enabled.
+    interfaces: Option<Vec<String>>,
+    /// auto: native mode where the driver supports it, generic otherwise. native: driver mode
+    /// only. generic: skb mode, works everywhere.
+    #[schemars(extend("default" = "auto"))]
+    attach_mode: Option<AttachMode>,
+    /// The bpffs directory of the pinned maps and link. Absolute.
+    #[schemars(extend("default" = "/sys/fs/bpf/portcullis"))]
+    pin_root: Option<String>,
+    /// How often expired bans are removed from the kernel map. Greater than zero, at most 1h.
+    #[schemars(extend("default" = "10s"))]
+    ban_sweep_interval: Option<DurationStr>,
+}
+
+/// Prefix sources: inline CIDRs and CIDR files.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct PrefixSources {
+    /// Prefixes or single addresses ("10.0.0.0/8", "2001:db8::1"); host bits must be zero.
+    cidrs: Option<Vec<String>>,
+    /// Files of one prefix or address per line; `#` starts a comment.
+    files: Option<Vec<FilePath>>,
+}
+
+/// One `[[deny]]` set.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Deny {
+    /// Unique; used as a metrics label.
+    name: Name,
+    /// enforce: drop. report: count what would be dropped, and pass.
+    #[schemars(extend("default" = "enforce"))]
+    mode: Option<Mode>,
+    /// Prefixes or single addresses; host bits must be zero.
+    cidrs: Option<Vec<String>>,
+    /// CIDR files.
+    files: Option<Vec<FilePath>>,
+}
+
+/// `[geo]`: geo-blocking from a MaxMind-format country database.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Geo {
+    /// A MaxMind DB format (.mmdb) country database.
+    database: FilePath,
+    /// ISO 3166-1 alpha-2 country codes to block (any case). At least one unless
+    /// unknown = "block".
+    block: Option<Vec<String>>,
+    /// What happens to addresses the database has no country for.
+    #[schemars(extend("default" = "pass"))]
+    unknown: Option<UnknownCountry>,
+    /// enforce: drop. report: count what would be dropped, and pass.
+    #[schemars(extend("default" = "enforce"))]
+    mode: Option<Mode>,
+}
+
+/// `[log]`: what is logged, and how.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Log {
+    /// The least severe level written.
+    #[schemars(extend("default" = "info"))]
+    level: Option<LogLevel>,
+    /// json: one object per line, for collectors. text: for a terminal.
+    #[schemars(extend("default" = "json"))]
+    format: Option<LogFormat>,
+}
+
+/// `[admin]`: the local admin endpoint (health, readiness, metrics, bans, reload), on
+/// loopback by default.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Admin {
+    /// Address and port of the admin endpoint, or "off". A non-loopback address is refused
+    /// unless allow_remote = true.
+    #[schemars(extend("default" = "127.0.0.1:9901"))]
+    listen: Option<String>,
+    /// Allow a non-loopback `listen` address: metrics, bans and reload reachable from the
+    /// network.
+    #[schemars(extend("default" = false))]
+    allow_remote: Option<bool>,
+}
+
+/// `[proxy]`: settings of the proxy as a whole.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Proxy {
+    /// Grace period for in-flight requests on shutdown. Greater than zero, at most 10m.
+    #[schemars(extend("default" = "30s"))]
+    drain_timeout: Option<DurationStr>,
+}
+
+/// `[trusted_proxies]`: the only peers whose word about the client address is taken.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct TrustedProxies {
+    /// CIDRs allowed to send PROXY protocol headers (L4 load balancers).
+    load_balancers: Option<Vec<String>>,
+    /// CIDRs whose X-Forwarded-For / Forwarded entries and X-Request-Id are believed.
+    proxies: Option<Vec<String>>,
+    /// Which header carries the client chain from trusted proxies; none: the client is the
+    /// peer (or PROXY) address.
+    #[schemars(extend("default" = "x-forwarded-for"))]
+    client_ip_header: Option<ClientIpHeader>,
+}
+
+/// One `[[listeners]]` socket.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields, transform = listener_rules)]
+struct Listener {
+    /// Unique; used in logs and metrics.
+    name: Name,
+    /// IP address and port ("0.0.0.0:8443", "[::]:443"). Unique across listeners.
+    bind: String,
+    /// https: TLS termination (needs [listeners.tls]). http: plain HTTP, see http_mode.
+    protocol: ListenerProtocol,
+    /// Expect a PROXY protocol v1/v2 header first; accepted only from
+    /// trusted_proxies.load_balancers, which must not be empty.
+    #[schemars(extend("default" = false))]
+    proxy_protocol: Option<bool>,
+    /// Open connections at most; further ones are closed at accept.
+    #[schemars(range(min = 1, max = 1_000_000), extend("default" = 10000))]
+    max_connections: Option<i64>,
+    /// Time allowed for the TLS handshake (and the PROXY header). At most 5m.
+    #[schemars(extend("default" = "10s"))]
+    handshake_timeout: Option<DurationStr>,
+    /// Time allowed to receive a request's headers. At most 5m.
+    #[schemars(extend("default" = "10s"))]
+    header_timeout: Option<DurationStr>,
+    /// An idle keep-alive connection is closed after this long. At most 1h.
+    #[schemars(extend("default" = "60s"))]
+    idle_timeout: Option<DurationStr>,
+    /// Only for protocol = "http": redirect every request to HTTPS (308), or serve routes.
+    #[schemars(extend("default" = "redirect"))]
+    http_mode: Option<HttpMode>,
+    /// Only for protocol = "http" with http_mode = "redirect": the HTTPS port redirected to.
+    #[schemars(range(min = 1, max = 65535), extend("default" = 443))]
+    redirect_port: Option<i64>,
+    /// TLS settings: required for https listeners, refused for http ones.
+    tls: Option<ListenerTls>,
+}
+
+/// What `protocol` implies, as JSON Schema conditionals.
+fn listener_rules(schema: &mut Schema) {
+    schema.insert(
+        "if".into(),
+        serde_json::json!({ "properties": { "protocol": { "const": "https" } } }),
+    );
+    schema.insert(
+        "then".into(),
+        serde_json::json!({
+            "required": ["tls"],
+            "properties": { "http_mode": false, "redirect_port": false }
+        }),
+    );
+    schema.insert(
+        "else".into(),
+        serde_json::json!({ "properties": { "tls": false } }),
+    );
+}
+
+/// `[listeners.tls]`: certificates and TLS policy of an https listener (TLS 1.2 and 1.3 only).
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct ListenerTls {
+    /// Certificate chains and keys, chosen by SNI; the first is the default.
+    #[schemars(length(min = 1))]
+    certificates: Vec<CertificatePair>,
+    /// Lowest TLS version accepted.
+    #[schemars(extend("default" = "1.2"))]
+    min_version: Option<TlsVersion>,
+    /// ALPN protocols offered, in preference order.
+    #[schemars(
+        length(min = 1),
+        inner(regex(pattern = r"^(h2|http/1\.1)$")),
+        extend("uniqueItems" = true, "default" = ["h2", "http/1.1"])
+    )]
+    alpn: Option<Vec<String>>,
+    /// Strict-Transport-Security: on by default.
+    hsts: Option<Hsts>,
+}
+
+/// A certificate chain and its private key (PEM).
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct CertificatePair {
+    /// PEM certificate chain, leaf first.
+    cert: FilePath,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), unencrypted.
+    key: FilePath,
+}
+
+/// `[listeners.tls.hsts]`: the Strict-Transport-Security header, sent by default.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields, transform = hsts_rules)]
+struct Hsts {
+    /// Send Strict-Transport-Security on every response.
+    #[schemars(extend("default" = true))]
+    enabled: Option<bool>,
+    /// The max-age directive; "0s" tells browsers to forget the policy. At most 3650 days.
+    #[schemars(extend("default" = "365d"))]
+    max_age: Option<DurationStr>,
+    /// The includeSubDomains directive.
+    #[schemars(extend("default" = false))]
+    include_subdomains: Option<bool>,
+    /// The preload directive; requires include_subdomains and a max_age of at least 365 days.
+    #[schemars(extend("default" = false))]
+    preload: Option<bool>,
+}
+
+fn hsts_rules(schema: &mut Schema) {
+    schema.insert(
+        "if".into(),
+        serde_json::json!({ "properties": { "preload": { "const": true } }, "required": ["preload"] }),
+    );
+    schema.insert(
+        "then".into(),
+        serde_json::json!({
+            "properties": { "include_subdomains": { "const": true } },
+            "required": ["include_subdomains"]
+        }),
+    );
+}
+
+/// One `[[pools]]` backend pool.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Pool {
+    /// Unique; routes name it.
+    name: Name,
+    /// "host:port" backends; names are resolved when the config loads.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    endpoints: Vec<String>,
+    /// How a request picks an endpoint.
+    #[schemars(extend("default" = "round_robin"))]
+    balance: Option<Balance>,
+    /// HTTP version to the backends (h2: prior knowledge, or ALPN over TLS).
+    #[schemars(extend("default" = "http1"))]
+    protocol: Option<UpstreamProtocol>,
+    /// Idle pooled connections are closed after this long. At most 1h.
+    #[schemars(extend("default" = "90s"))]
+    idle_timeout: Option<DurationStr>,
+    /// TLS to the backends, verified against a CA bundle.
+    tls: Option<PoolTls>,
+    /// Active health checks; without this section, none.
+    health: Option<Health>,
+    /// Passive ejection on connect errors and 5xx responses.
+    passive: Option<Passive>,
+}
+
+/// `[pools.tls]`: TLS to the backends, with certificate verification.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct PoolTls {
+    /// PEM bundle of the CA certificates backend certificates must chain to.
+    ca: FilePath,
+    /// Name checked against backend certificates (a DNS name or IP address); default: the
+    /// endpoint's host.
+    server_name: Option<String>,
+}
+
+/// `[pools.health]`: active health checks (GET probes).
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Health {
+    /// Path requested with GET; starts with `/`, may carry a query.
+    #[schemars(regex(pattern = r"^/"))]
+    path: String,
+    /// Time between probes of one endpoint. At most 1h.
+    #[schemars(extend("default" = "5s"))]
+    interval: Option<DurationStr>,
+    /// Time a probe may take; shorter than interval.
+    #[schemars(extend("default" = "2s"))]
+    timeout: Option<DurationStr>,
+    /// Consecutive successes that mark an endpoint healthy again.
+    #[schemars(range(min = 1, max = 100), extend("default" = 2))]
+    healthy_threshold: Option<i64>,
+    /// Consecutive failures that mark it unhealthy.
+    #[schemars(range(min = 1, max = 100), extend("default" = 3))]
+    unhealthy_threshold: Option<i64>,
+}
+
+/// `[pools.passive]`: ejection of endpoints that fail real requests.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Passive {
+    /// Consecutive connect errors or 5xx responses that eject an endpoint; 0 disables.
+    #[schemars(range(min = 0, max = 1000), extend("default" = 5))]
+    consecutive_failures: Option<i64>,
+    /// How long an ejected endpoint receives no traffic. At most 1h.
+    #[schemars(extend("default" = "30s"))]
+    ejection_time: Option<DurationStr>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Route {
+    /// Unique; used in logs and metrics.
+    name: Name,
+    /// The product (group of routes) it belongs to.
+    product: Option<Name>,
+    /// Hosts matched, without port, any case: "api.example.com", or "*.example.com" (any
+    /// name ending in .example.com). Absent: any host.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    hosts: Option<Vec<String>>,
+    /// The path: `/` first, no query or fragment.
+    path: RoutePath,
+    /// prefix: the path and anything below it at a `/` boundary. exact: the path only.
+    #[schemars(extend("default" = "prefix"))]
+    path_match: Option<PathMatchKind>,
+    /// HTTP methods matched; absent: any method.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    methods: Option<Vec<Method>>,
+    /// The [[pools]] entry requests go to.
+    pool: Name,
+    /// Extra attempts for idempotent requests when connecting to a backend failed.
+    #[schemars(range(min = 0, max = 5), extend("default" = 1))]
+    retries: Option<i64>,
+    /// Largest request body accepted (413 above): bytes, or a number with B, KB, MB, GB
+    /// (powers of 1000) or KiB, MiB, GiB (powers of 1024).
+    #[schemars(extend("default" = "10MiB"))]
+    max_body_size: Option<Size>,
+    /// Pass WebSocket upgrades through.
+    #[schemars(extend("default" = false))]
+    websocket: Option<bool>,
+    /// Upstream timeouts.
+    timeouts: Option<Timeouts>,
+}
+
+/// `[routes.timeouts]`: how long each step of an upstream exchange may take.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Timeouts {
+    /// Connecting to a backend. At most 5m.
+    #[schemars(extend("default" = "2s"))]
+    connect: Option<DurationStr>,
+    /// From the request fully sent to the response headers. At most 1h.
+    #[schemars(extend("default" = "30s"))]
+    response_headers: Option<DurationStr>,
+    /// The whole exchange, response body included; at least response_headers. At most 24h.
+    #[schemars(extend("default" = "60s"))]
+    total: Option<DurationStr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    use serde_json::{Map, Value, json};
+
+    use super::json_schema;
+    use crate::config::{ErrorKind, load, load_str};
+
+    const REGENERATE: &str =
+        "cargo run -p gateway-userspace --bin portcullis -- schema > docs/portcullis.schema.json";
+
+    fn repo_file(path: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    }
+
+    /// A TOML file as the JSON the schema describes.
+    fn toml_as_json(path: &str) -> Value {
+        let text = std::fs::read_to_string(repo_file(path)).expect("read example");
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::validator_for(&json_schema()).expect("the schema compiles")
+    }
+
+    fn schema_errors(instance: &Value) -> Vec<String> {
+        validator()
+            .iter_errors(instance)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect()
+    }
+
+    /// Follows a local `$ref` (`#/$defs/X`).
+    fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+        match schema.get("$ref").and_then(Value::as_str) {
+            Some(r) => root
+                .pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {r}")),
+            None => schema,
+        }
+    }
+
+    /// Every table the schema describes, by dotted path (`listeners.tls`; "" for the top
+    /// level), with the schema of its contents. Arrays of tables count as tables.
+    fn tables(root: &Value) -> BTreeMap<String, &Value> {
+        fn walk<'a>(root: &'a Value, s: &'a Value, path: String, out: &mut BTreeMap<String, &'a Value>) {
+            let s = resolve(root, s);
+            let Some(props) = s.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (key, p) in props {
+                let p = resolve(root, p);
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                match p.get("type").and_then(Value::as_str) {
+                    Some("object") => walk(root, p, child, out),
+                    Some("array") => {
+                        let items = resolve(root, &p["items"]);
+                        if items.get("type").and_then(Value::as_str) == Some("object") {
+                            walk(root, items, child, out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.insert(path, s);
+        }
+        let mut out = BTreeMap::new();
+        walk(root, root, String::new(), &mut out);
+        out
+    }
+
+    fn property_names(s: &Value) -> BTreeSet<String> {
+        s["properties"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_committed_schema_is_current() {
+        let path = repo_file("docs/portcullis.schema.json");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        let current = format!(
+            "{}\n",
+            serde_json::to_string_pretty(&json_schema()).expect("serialize")
+        );
+        assert!(
+            committed == current,
+            "docs/portcullis.schema.json is stale; regenerate it with:\n    {REGENERATE}"
+        );
+    }
+
+    #[test]
+    fn the_schema_is_valid_draft_2020_12() {
+        let schema = json_schema();
+        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        jsonschema::meta::validate(&schema).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn every_table_refuses_unknown_keys() {
+        let schema = json_schema();
+        for (path, s) in tables(&schema) {
+            assert_eq!(s["additionalProperties"], json!(false), "table `{path}`");
+            assert_eq!(s["type"], "object", "table `{path}`");
+        }
+    }
+
+    #[test]
+    fn the_examples_validate() {
+        for example in ["examples/portcullis.toml", "examples/proxy.toml"] {
+            assert_eq!(schema_errors(&toml_as_json(example)), Vec::<String>::new(), "{example}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_fail_schema_validation_as_they_fail_loading() {
+        let mut config = toml_as_json("examples/proxy.toml");
+        config["listeners"][0]["max_conections"] = json!(10);
+        config["listeners"][0]["tls"]["ciphers"] = json!(["x"]);
+        config["colour"] = json!("red");
+        let errors = schema_errors(&config);
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors.iter().any(|e| e.contains("max_conections")), "{errors:#?}");
+        assert!(errors.iter().any(|e| e.contains("ciphers")), "{errors:#?}");
+        assert!(errors.iter().any(|e| e.contains("colour")), "{errors:#?}");
+
+        let text = toml::to_string(&config).expect("to TOML");
+        let loaded = load_str(&text, Path::new("/nonexistent/p.toml")).expect_err("unknown keys");
+        let unknown: BTreeSet<String> = loaded
+            .iter()
+            .filter_map(|e| match &e.kind {
+                ErrorKind::UnknownKey { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            unknown,
+            BTreeSet::from(["ciphers".into(), "colour".into(), "max_conections".into()])
+        );
+    }
+
+    /// Every table the schema describes is written (with a key no table has), and the reader's
+    /// "unknown key" errors list, for each, the keys it knows: they must be the schema's.
+    #[test]
+    fn the_schema_and_the_reader_know_the_same_keys() {
+        const PROBE: &str = "zz_probe";
+        let schema = json_schema();
+        let tables = tables(&schema);
+
+        // A document with every table, holding only its sub-tables and the probe key.
+        fn skeleton(tables: &BTreeMap<String, &Value>, schema: &Value, path: &str) -> Value {
+            let mut table = Map::new();
+            table.insert(PROBE.into(), json!(1));
+            let s = tables[path];
+            for key in property_names(s) {
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                if !tables.contains_key(&child) {
+                    continue;
+                }
+                let p = resolve(schema, &s["properties"][&key]);
+                let value = skeleton(tables, schema, &child);
+                table.insert(key, if p["type"] == "array" { json!([value]) } else { value });
+            }
+            Value::Object(table)
+        }
+        let doc = skeleton(&tables, &schema, "");
+        let text = toml::to_string(&doc).expect("to TOML");
+        let errors = load_str(&text, Path::new("/nonexistent/p.toml")).expect_err("probes");
+
+        let mut seen = BTreeSet::new();
+        for e in &errors {
+            let ErrorKind::UnknownKey { key, table, expected, .. } = &e.kind else {
+                continue;
+            };
+            assert_eq!(key, PROBE, "{e}");
+            let path = if table == "the top level" {
+                String::new()
+            } else {
+                table.trim_matches(|c| c == '[' || c == ']').to_owned()
+            };
+            let schema_keys = tables
+                .get(&path)
+                .map(|s| property_names(s))
+                .unwrap_or_else(|| panic!("the reader has table `{path}`, the schema has not"));
+            let reader_keys: BTreeSet<String> = expected.iter().map(|k| k.to_string()).collect();
+            assert_eq!(reader_keys, schema_keys, "keys of `{path}`: reader, then schema");
+            seen.insert(path);
+        }
+        let described: BTreeSet<String> = tables.keys().cloned().collect();
+        assert_eq!(seen, described, "tables the reader walked, then tables the schema has");
+    }
+
+    /// A config with every defaulted key left out loads exactly as one with each such key set
+    /// to the schema's `default`.
+    #[test]
+    fn the_schema_defaults_are_the_compilers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["api.example.com".to_owned()])
+                .expect("certificate");
+        std::fs::write(dir.path().join("c.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.path().join("k.pem"), signing_key.serialize_pem()).expect("write");
+        let path = dir.path().join("p.toml");
+        let sparse = r#"
+[kernel]
+interfaces = ["eth0"]
+[allow]
+[log]
+[admin]
+[proxy]
+[trusted_proxies]
+[[deny]]
+name = "d"
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:0"
+protocol = "https"
+[listeners.tls]
+certificates = [{ cert = "c.pem", key = "k.pem" }]
+[listeners.tls.hsts]
+[[listeners]]
+name = "plain"
+bind = "127.0.0.1:0"
+protocol = "http"
+[[pools]]
+name = "p"
+endpoints = ["127.0.0.1:1"]
+[pools.tls]
+ca = "c.pem"
+[pools.health]
+path = "/"
+[pools.passive]
+[[routes]]
+name = "r"
+path = "/"
+pool = "p"
+[routes.timeouts]
+"#;
+        fn fill(schema: &Value, s: &Value, value: &mut Value, path: &str, filled: &mut BTreeSet<String>) {
+            let s = resolve(schema, s);
+            let Some(table) = value.as_object_mut() else {
+                return;
+            };
+            // Keys only for plain listeners; an https one refuses them.
+            let https = table.get("protocol") == Some(&json!("https"));
+            for (key, p) in s["properties"].as_object().into_iter().flatten() {
+                let p = resolve(schema, p);
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                match table.get_mut(key) {
+                    Some(Value::Array(items)) => {
+                        for item in items {
+                            fill(schema, &p["items"], item, &child, filled);
+                        }
+                    }
+                    Some(sub) => fill(schema, p, sub, &child, filled),
+                    None => {
+                        if let Some(default) = p.get("default") {
+                            if !(https && (key == "http_mode" || key == "redirect_port")) {
+                                table.insert(key.clone(), default.clone());
+                                filled.insert(child);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let schema = json_schema();
+        let mut full: Value = toml::from_str(sparse).expect("parse");
+        let mut filled = BTreeSet::new();
+        fill(&schema, &schema, &mut full, "", &mut filled);
+        let full_text = toml::to_string(&full).expect("to TOML");
+
+        std::fs::write(&path, sparse).expect("write");
+        let a = load(&path).unwrap_or_else(|e| panic!("sparse:\n{e}"));
+        std::fs::write(&path, &full_text).expect("write");
+        let b = load(&path).unwrap_or_else(|e| panic!("with defaults:\n{e}\n{full_text}"));
+        assert_eq!(format!("{a:#?}"), format!("{b:#?}"), "{full_text}");
+
+        // Every default but those of [geo] (no database here) was tried.
+        let mut defaults = BTreeSet::new();
+        for (path, s) in tables(&schema) {
+            for (key, p) in s["properties"].as_object().into_iter().flatten() {
+                if resolve(&schema, p).get("default").is_some() && path != "geo" {
+                    defaults.insert(if path.is_empty() { key.clone() } else { format!("{path}.{key}") });
+                }
+            }
+        }
+        assert_eq!(filled, defaults);
+    }
+
+    /// The two examples between them write every key, except those of [geo], which ships
+    /// commented out for want of a database.
+    #[test]
+    fn the_examples_write_every_key() {
+        fn keys(v: &Value, path: &str, out: &mut BTreeSet<String>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        out.insert(p.clone());
+                        keys(v, &p, out);
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|i| keys(i, path, out)),
+                _ => {}
+            }
+        }
+        let mut written = BTreeSet::new();
+        for example in ["examples/portcullis.toml", "examples/proxy.toml"] {
+            keys(&toml_as_json(example), "", &mut written);
+        }
+        let schema = json_schema();
+        let mut missing = Vec::new();
+        for (path, s) in tables(&schema) {
+            if path == "geo" {
+                continue;
+            }
+            for key in property_names(s) {
+                let p = if path.is_empty() { key } else { format!("{path}.{key}") };
+                if p != "geo" && !written.contains(&p) {
+                    missing.push(p);
+                }
+            }
+        }
+        assert_eq!(missing, Vec::<String>::new());
+    }
+}

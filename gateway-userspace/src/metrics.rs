@@ -1,0 +1,158 @@
+//! Prometheus metrics, served on the admin listener: requests by route and status class,
+//! latency histograms, decisions by phase, rule and action, upstream health, connections,
+//! reload results, and the kernel's per-reason packet counters (read at scrape time).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::kernel::{Counters, PinLayout};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub phase: String,
+    pub rule: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub pool: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelLabels {
+    pub verdict: String,
+    pub reason: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric the process exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub upstream_healthy: Family<EndpointLabels, Gauge>,
+    pub upstream_outstanding: Family<EndpointLabels, Gauge>,
+    pub connections: Family<ListenerLabels, Gauge>,
+    pub connections_refused: Family<DecisionLabels, Counter>,
+    pub reloads: Family<ResultLabels, Counter>,
+    kernel_packets: Family<KernelLabels, Counter>,
+    kernel_bytes: Family<KernelLabels, Counter>,
+    /// Where to read kernel counters from, when the kernel layer is on.
+    kernel: Option<PinLayout>,
+}
+
+impl Metrics {
+    pub fn new(kernel: Option<PinLayout>) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("portcullis");
+        let m = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            decisions: Family::default(),
+            upstream_healthy: Family::default(),
+            upstream_outstanding: Family::default(),
+            connections: Family::default(),
+            connections_refused: Family::default(),
+            reloads: Family::default(),
+            kernel_packets: Family::default(),
+            kernel_bytes: Family::default(),
+            kernel,
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Requests answered, by route and status class", m.requests.clone());
+        registry.register("request_duration_seconds", "Time from request to response headers, by route", m.latency.clone());
+        registry.register("decisions", "Gateway decisions by phase, rule and action", m.decisions.clone());
+        registry.register("upstream_healthy", "1 when a backend endpoint receives traffic", m.upstream_healthy.clone());
+        registry.register("upstream_outstanding", "Requests in flight per backend endpoint", m.upstream_outstanding.clone());
+        registry.register("connections_open", "Open client connections by listener", m.connections.clone());
+        registry.register("connections_refused", "Connections closed at accept, by phase and rule", m.connections_refused.clone());
+        registry.register("reloads", "Configuration reloads by result", m.reloads.clone());
+        registry.register("kernel_packets", "Packets judged by the XDP program, by verdict and reason", m.kernel_packets.clone());
+        registry.register("kernel_bytes", "Bytes judged by the XDP program, by verdict and reason", m.kernel_bytes.clone());
+        Arc::new(Self { registry, ..m })
+    }
+
+    /// Counts a decision.
+    pub fn decision(&self, phase: &str, rule: &str, action: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                phase: phase.into(),
+                rule: rule.into(),
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, route: &str, status: u16, seconds: f64) {
+        let class = format!("{}xx", status / 100);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.into(),
+                status_class: class,
+            })
+            .inc();
+        self.latency.get_or_create(&RouteLabels { route: route.into() }).observe(seconds);
+    }
+
+    /// The exposition text (OpenMetrics), with the kernel counters brought up to date.
+    pub fn render(&self) -> String {
+        self.refresh_kernel();
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Kernel counters only ever grow: add what they grew by since the last scrape.
+    fn refresh_kernel(&self) {
+        let Some(layout) = &self.kernel else { return };
+        let Ok(readings) = Counters::open(layout).and_then(|c| c.read()) else {
+            return;
+        };
+        for r in readings {
+            let labels = KernelLabels {
+                verdict: r.verdict().into(),
+                reason: r.reason().into(),
+            };
+            let packets = self.kernel_packets.get_or_create(&labels);
+            packets.inc_by(r.packets.saturating_sub(packets.get()));
+            let bytes = self.kernel_bytes.get_or_create(&labels);
+            bytes.inc_by(r.bytes.saturating_sub(bytes.get()));
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The one place where decisions and errors become HTTP responses: a status and an
+//! `application/problem+json` body (RFC 9457) carrying the request id. Bodies never echo
+//! request data (headers, tokens, keys, paths with query strings), so nothing secret leaks.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+/// Errors crossing the proxy's body types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the proxy produces.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// Which side a failure belongs to, for metrics and logs (client, upstream, or us).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+/// Why the gateway answered instead of the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// No route matches host and path.
+    NotFound,
+    /// A route matches host and path but not the method.
+    MethodNotAllowed(Vec<Method>),
+    /// The request is malformed (bad host, bad framing...). The string is ours, never input.
+    BadRequest(&'static str),
+    /// The body is larger than the route allows.
+    PayloadTooLarge { limit: u64 },
+    /// A gateway rule refused the client (userspace backstop: deny, geo, ban).
+    Forbidden { rule: String },
+    /// Every endpoint of the pool is unhealthy or ejected.
+    NoHealthyUpstream,
+    /// Connecting to the backend failed or it answered with something that is not HTTP.
+    BadGateway,
+    /// The backend did not answer within the route's timeouts.
+    GatewayTimeout,
+}
+
+impl Denial {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A stable machine-readable code, also used as the "rule" in logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "route_not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::BadRequest(_) => "bad_request",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Forbidden { .. } => "forbidden",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::BadGateway => "bad_gateway",
+            Self::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NotFound
+            | Self::MethodNotAllowed(_)
+            | Self::BadRequest(_)
+            | Self::PayloadTooLarge { .. }
+            | Self::Forbidden { .. } => Side::Client,
+            Self::NoHealthyUpstream | Self::BadGateway | Self::GatewayTimeout => Side::Upstream,
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::NotFound => "No route matches this host and path.".into(),
+            Self::MethodNotAllowed(_) => "The route does not accept this method.".into(),
+            Self::BadRequest(why) => format!("The request is malformed: {why}."),
+            Self::PayloadTooLarge { limit } => format!("The request body exceeds the limit of {limit} bytes."),
+            Self::Forbidden { .. } => "The client is not allowed to use this service.".into(),
+            Self::NoHealthyUpstream => "No healthy backend is available.".into(),
+            Self::BadGateway => "The backend could not be reached or gave an invalid response.".into(),
+            Self::GatewayTimeout => "The backend did not answer in time.".into(),
+        }
+    }
+}
+
+/// The problem response for `denial`.
+pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
+    let status = denial.status();
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": denial.detail(),
+        "code": denial.code(),
+        "request_id": request_id,
+    });
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Denial::MethodNotAllowed(methods) = denial {
+        let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            h.insert(header::ALLOW, v);
+        }
+    }
+    resp
+}
+
+/// 308 to the HTTPS URL of the same host and path (RFC 9110 section 15.4.9: keeps the method).
+pub fn redirect_to_https(host: &str, port: u16, path_and_query: &str) -> Response<Body> {
+    let location = if port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{port}{path_and_query}")
+    };
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_denial_is_a_problem_document() {
+        let all = [
+            Denial::NotFound,
+            Denial::MethodNotAllowed(vec![Method::GET]),
+            Denial::BadRequest("missing host"),
+            Denial::PayloadTooLarge { limit: 10 },
+            Denial::Forbidden { rule: "deny:x".into() },
+            Denial::NoHealthyUpstream,
+            Denial::BadGateway,
+            Denial::GatewayTimeout,
+        ];
+        for d in all {
+            let resp = problem(&d, "req-1");
+            assert_eq!(resp.status(), d.status());
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["status"], d.status().as_u16());
+            assert_eq!(v["request_id"], "req-1");
+            assert_eq!(v["code"], d.code());
+            // The rule that decided is for logs, not for the client.
+            assert!(!body.windows(6).any(|w| w == b"deny:x"));
+        }
+    }
+
+    #[test]
+    fn redirect_keeps_host_and_path() {
+        let r = redirect_to_https("api.example.com", 443, "/a?b=c");
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(r.headers()[header::LOCATION], "https://api.example.com/a?b=c");
+        let r = redirect_to_https("api.example.com", 8443, "/");
+        assert_eq!(r.headers()[header::LOCATION], "https://api.example.com:8443/");
+    }
+}
