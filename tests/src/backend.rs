@@ -97,11 +97,12 @@ async fn answer(name: String, requests: Arc<AtomicUsize>, healthy: Arc<AtomicBoo
         return Ok(reply(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, "health".into()));
     }
     requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+    // `/status/` and `/delay/` work under any route prefix (`/v1/delay/100`).
+    if let Some(code) = path.rsplit_once("/status/").and_then(|(_, c)| c.parse::<u16>().ok()) {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
         return Ok(reply(status, format!("{{\"backend\":\"{name}\",\"status\":{code}}}")));
     }
-    if let Some(ms) = path.strip_prefix("/delay/").and_then(|c| c.parse::<u64>().ok()) {
+    if let Some(ms) = path.rsplit_once("/delay/").and_then(|(_, c)| c.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let method = req.method().to_string();

@@ -1,0 +1,184 @@
+//! `portcullis run` in userspace-only mode (`[kernel] enabled = false`, no privileges needed):
+//! the admin endpoint (`/live`, `/ready`, `/metrics`, `POST /reload`), reloads by admin call
+//! and by a change of the config file, a broken config refused with the old one serving, the
+//! JSON access log (one line per request, no query string, no secrets), and a graceful drain
+//! that lets an in-flight request finish on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::backend::{Backend, Proto};
+use portcullis_tests::portcullis_bin;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_config(path: &Path, listen: u16, admin: u16, backend: SocketAddr, route_path: &str) {
+    std::fs::write(
+        path,
+        format!(
+            r#"[kernel]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[proxy]
+drain_timeout = "5s"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:{listen}"
+protocol = "http"
+http_mode = "serve"
+
+[[pools]]
+name = "app"
+endpoints = ["{backend}"]
+
+[[routes]]
+name = "app"
+path = "{route_path}"
+pool = "app"
+
+[log]
+format = "json"
+"#
+        ),
+    )
+    .unwrap();
+}
+
+/// A running daemon whose stderr lines are collected; killed on drop if still running.
+struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(portcullis_bin())
+            .args(["run", "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start portcullis");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill on the pid of a child we started and have not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 exchange: returns (status, body).
+fn http(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn ready(admin: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", admin)).is_ok() && http(admin, "GET", "/ready").0 == 200
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_reloads_access_log_and_drain() {
+    let backend = Backend::start("app", Proto::Http1).await;
+    let (listen, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    write_config(&cfg, listen, admin, backend.addr, "/v1");
+    let mut daemon = Daemon::start(&cfg);
+    tokio::task::spawn_blocking(move || wait_for("readiness", || ready(admin))).await.unwrap();
+
+    let (status, _) = tokio::task::spawn_blocking(move || http(listen, "GET", "/v1/items?api_key=s3cret")).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(http(admin, "GET", "/live").0, 200);
+    let (_, metrics) = http(admin, "GET", "/metrics");
+    assert!(metrics.contains("portcullis_requests_total{route=\"app\",status_class=\"2xx\"} 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_request_duration_seconds_bucket"), "latency histograms");
+
+    // The access log: one JSON line with the decision, never the query string.
+    wait_for("the access log line", || daemon.log().iter().any(|l| l.contains("portcullis::access")));
+    let line = daemon.log().into_iter().find(|l| l.contains("portcullis::access")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON access log line");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["route"], "app");
+    assert_eq!(v["path"], "/v1/items");
+    assert_eq!(v["client_ip"], "127.0.0.1");
+    assert!(v["request_id"].as_str().is_some_and(|s| s.len() == 32));
+    assert!(!line.contains("s3cret"), "no query string, no secret in the log");
+
+    // A broken config is refused by the admin reload; the old one keeps serving.
+    std::fs::write(&cfg, "[kernel]\nenabled = false\n[[routes]]\nname = 1\n").unwrap();
+    let (status, body) = http(admin, "POST", "/reload");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("refused"), "{body}");
+    assert_eq!(http(listen, "GET", "/v1/x").0, 200);
+
+    // A good config applies through the admin call...
+    write_config(&cfg, listen, admin, backend.addr, "/v2");
+    let (status, body) = http(admin, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http(listen, "GET", "/v1/x").0, 404);
+    assert_eq!(http(listen, "GET", "/v2/x").0, 200);
+    // ...and through a change of the file (polled and debounced).
+    write_config(&cfg, listen, admin, backend.addr, "/v3");
+    tokio::task::spawn_blocking(move || wait_for("the file-change reload", || http(listen, "GET", "/v3/x").0 == 200)).await.unwrap();
+    let (_, metrics) = http(admin, "GET", "/metrics");
+    assert!(metrics.contains("portcullis_reloads_total{result=\"error\"} 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_reloads_total{result=\"ok\"} 2"), "{metrics}");
+
+    // Graceful drain: a request in flight when SIGTERM arrives still completes.
+    let in_flight = tokio::task::spawn_blocking(move || http(listen, "GET", "/v3/delay/700"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(in_flight.await.unwrap().0, 200, "the in-flight request finished during the drain");
+}
