@@ -89,17 +89,7 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respon
         }
         (&Method::GET, "/bans") => match state.pins.as_ref().map(|p| Bans::open(p).and_then(|b| b.list())) {
             Some(Ok(bans)) => {
-                let items: Vec<_> = bans
-                    .iter()
-                    .map(|b| {
-                        serde_json::json!({
-                            "prefix": b.prefix.to_string(),
-                            "reason": b.reason.name(),
-                            "remaining_secs": b.remaining.map(|d| d.as_secs_f64()),
-                            "created_unix": b.created_unix,
-                        })
-                    })
-                    .collect();
+                let items: Vec<_> = bans.iter().map(|b| b.to_json()).collect();
                 text(StatusCode::OK, "application/json", serde_json::Value::Array(items).to_string())
             }
             Some(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),

@@ -248,17 +248,7 @@ fn ban(action: BanCommand) -> Result<(), Failure> {
         BanCommand::List { target, json } => {
             let bans = Bans::open(&PinLayout::new(&target.pin_root()?))?.list()?;
             if json {
-                let items: Vec<_> = bans
-                    .iter()
-                    .map(|b| {
-                        serde_json::json!({
-                            "prefix": b.prefix.to_string(),
-                            "reason": b.reason.name(),
-                            "remaining_secs": b.remaining.map(|d| d.as_secs_f64()),
-                            "created_unix": b.created_unix,
-                        })
-                    })
-                    .collect();
+                let items: Vec<_> = bans.iter().map(|b| b.to_json()).collect();
                 println!("{}", serde_json::Value::Array(items));
             } else if bans.is_empty() {
                 println!("no bans");

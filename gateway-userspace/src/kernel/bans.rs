@@ -83,6 +83,18 @@ pub struct Ban {
     pub created_unix: u64,
 }
 
+impl Ban {
+    /// The JSON form shown by `portcullis ban list --json` and the admin endpoint.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "prefix": self.prefix.to_string(),
+            "reason": self.reason.name(),
+            "remaining_secs": self.remaining.map(|d| d.as_secs_f64()),
+            "created_unix": self.created_unix,
+        })
+    }
+}
+
 /// Handle on the pinned ban maps.
 pub struct Bans {
     map: HashMap<MapData, BanKey, BanEntry>,

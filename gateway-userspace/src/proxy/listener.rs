@@ -68,13 +68,9 @@ pub async fn serve(
             continue;
         };
         // Backstop on the peer before reading a single byte.
-        match current.backstop.check(peer.ip().to_canonical()) {
-            Check::Refuse(rule) => {
-                refused(&rule);
-                continue;
-            }
-            Check::Report(rule) => metrics.decision("connection", &rule, "report"),
-            Check::Pass => {}
+        if let Some(rule) = backstop_refuses(&current, peer.ip(), &metrics) {
+            refused(&rule);
+            continue;
         }
         let acceptor = acceptors.load().iter().find(|(n, _)| *n == name).map(|(_, a)| a.clone());
         let metrics = metrics.clone();
@@ -119,6 +115,19 @@ where
         _ = stop.changed() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
+}
+
+/// The rule that refuses `addr` at the connection phase, if any; report-only matches are
+/// counted and pass.
+fn backstop_refuses(state: &ProxyState, addr: std::net::IpAddr, metrics: &Metrics) -> Option<String> {
+    match state.backstop.check(addr.to_canonical()) {
+        Check::Refuse(rule) => Some(rule),
+        Check::Report(rule) => {
+            metrics.decision("connection", &rule, "report");
+            None
+        }
+        Check::Pass => None,
+    }
 }
 
 /// Drives one connection to its end: PROXY header, TLS, HTTP. The connection phase uses the
@@ -166,15 +175,9 @@ async fn accept_connection(
                 return;
             }
         }
-        if let Some(src) = proxy_source {
-            match state.backstop.check(src.ip().to_canonical()) {
-                Check::Refuse(rule) => {
-                    refuse(&rule);
-                    return;
-                }
-                Check::Report(rule) => metrics.decision("connection", &rule, "report"),
-                Check::Pass => {}
-            }
+        if let Some(rule) = proxy_source.and_then(|src| backstop_refuses(&state, src.ip(), &metrics)) {
+            refuse(&rule);
+            return;
         }
     }
     let tls = matches!(cfg.kind, ListenerKind::Https(_));
