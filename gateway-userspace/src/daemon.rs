@@ -18,26 +18,17 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState, ReloadReply};
 use crate::config::{self, Config};
-use crate::kernel::{AttachMode, Bans, KernelControl, ReloadOutcome};
+use crate::kernel::{Bans, KernelControl, ReloadOutcome};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::proxy::Proxy;
 use crate::proxy::backstop::Backstop;
 use crate::rules::table::{self, CompiledRules};
 
-/// Maps the config's attach mode to the kernel's.
-pub fn attach_mode(mode: config::AttachMode) -> AttachMode {
-    match mode {
-        config::AttachMode::Auto => AttachMode::Auto,
-        config::AttachMode::Native => AttachMode::Native,
-        config::AttachMode::Generic => AttachMode::Generic,
-    }
-}
-
 /// Applies compiled rules to the kernel, logging what happened.
 pub fn apply(kernel: &mut KernelControl, config: &Config, compiled: &CompiledRules) -> anyhow::Result<ReloadOutcome> {
     let started = Instant::now();
     let outcome = kernel
-        .apply(compiled, &config.kernel.interfaces, attach_mode(config.kernel.attach_mode))
+        .apply(compiled, &config.kernel.interfaces, config.kernel.attach_mode)
         .context("loading the rules into the kernel")?;
     match &outcome {
         ReloadOutcome::Unchanged { generation } => {

@@ -378,12 +378,16 @@ impl Fixture {
     /// A self-signed certificate for `names` and its key, written as `certs/<stem>.pem` and
     /// `certs/<stem>-key.pem`.
     fn cert(&self, stem: &str, names: &[&str]) {
-        let rcgen::CertifiedKey { cert, signing_key } =
-            rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("generate certificate");
+        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .expect("generate certificate");
         std::fs::create_dir_all(self.dir.path().join("certs")).expect("mkdir certs");
         self.file(&format!("certs/{stem}.pem"), cert.pem());
-        self.file(&format!("certs/{stem}-key.pem"), signing_key.serialize_pem());
+        self.file(
+            &format!("certs/{stem}-key.pem"),
+            signing_key.serialize_pem(),
+        );
     }
 }
 
@@ -537,7 +541,11 @@ fn key_not_matching_its_certificate() {
 fn bad_size_strings() {
     let f = Fixture::new();
     let route = |size: &str| {
-        format!("\n[[routes]]\nname = \"r{}\"\npath = \"/{}\"\npool = \"api\"\nmax_body_size = {size}\n", size.len(), size.len())
+        format!(
+            "\n[[routes]]\nname = \"r{}\"\npath = \"/{}\"\npool = \"api\"\nmax_body_size = {size}\n",
+            size.len(),
+            size.len()
+        )
     };
     let config = format!(
         "{USERSPACE}{POOL}{}{}{}",
@@ -651,7 +659,9 @@ fn admin_listen_not_loopback_without_allow_remote() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.admin.listen, None);
     assert_eq!(
-        f.check(&format!("{USERSPACE}[admin]\nlisten = \"localhost:9901\"\n")),
+        f.check(&format!(
+            "{USERSPACE}[admin]\nlisten = \"localhost:9901\"\n"
+        )),
         "$DIR/portcullis.toml:4:10: error: `admin.listen`: `localhost:9901` is not an IP address \
          and port such as `127.0.0.1:9901`, or `off`"
     );
@@ -723,7 +733,7 @@ fn unresolvable_endpoint_names_the_endpoint() {
 #[test]
 fn a_valid_proxy_config_compiles_to_what_it_says() {
     use portcullis::config::{
-        Balance, ClientIpHeader, HealthCheck, Hsts, HostMatch, ListenerKind, PassiveEjection,
+        Balance, ClientIpHeader, HealthCheck, HostMatch, Hsts, ListenerKind, PassiveEjection,
         PathMatch, PlainMode, TlsVersion, UpstreamProtocol,
     };
 
@@ -847,7 +857,10 @@ pool = "api"
     assert_eq!(c.admin.listen, Some("[::1]:9902".parse().expect("addr")));
     assert_eq!(p.drain_timeout, Duration::from_secs(45));
     assert_eq!(p.trusted.load_balancers, prefixes(&["10.0.0.0/8"]));
-    assert_eq!(p.trusted.proxies, prefixes(&["10.1.0.0/16", "2001:db8::/32"]));
+    assert_eq!(
+        p.trusted.proxies,
+        prefixes(&["10.1.0.0/16", "2001:db8::/32"])
+    );
     assert_eq!(p.trusted.client_ip_header, ClientIpHeader::Forwarded);
 
     assert_eq!(p.listeners.len(), 3);
@@ -897,15 +910,27 @@ pool = "api"
         plain.kind,
         ListenerKind::Http(PlainMode::RedirectToHttps { port: 8443 })
     ));
-    assert!(matches!(p.listeners[2].kind, ListenerKind::Http(PlainMode::Serve)));
+    assert!(matches!(
+        p.listeners[2].kind,
+        ListenerKind::Http(PlainMode::Serve)
+    ));
 
     assert_eq!(p.pools.len(), 2);
     let api = &p.pools[0];
     assert_eq!(api.name, "api");
-    let endpoints: Vec<(&str, std::net::SocketAddr)> =
-        api.endpoints.iter().map(|e| (e.authority.as_str(), e.addr)).collect();
-    assert_eq!(endpoints[0], ("127.0.0.1:9001", "127.0.0.1:9001".parse().expect("addr")));
-    assert_eq!(endpoints[1], ("[::1]:9002", "[::1]:9002".parse().expect("addr")));
+    let endpoints: Vec<(&str, std::net::SocketAddr)> = api
+        .endpoints
+        .iter()
+        .map(|e| (e.authority.as_str(), e.addr))
+        .collect();
+    assert_eq!(
+        endpoints[0],
+        ("127.0.0.1:9001", "127.0.0.1:9001".parse().expect("addr"))
+    );
+    assert_eq!(
+        endpoints[1],
+        ("[::1]:9002", "[::1]:9002".parse().expect("addr"))
+    );
     assert_eq!(endpoints[2].0, "localhost:9003");
     assert!(endpoints[2].1.ip().is_loopback() && endpoints[2].1.port() == 9003);
     assert_eq!(api.balance, Balance::LeastOutstanding);
@@ -948,7 +973,10 @@ pool = "api"
     // Match order: exact host first (longer prefix before shorter), then wildcard, then any
     // host (exact path before prefix).
     let order: Vec<&str> = p.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(order, ["orders-v1", "orders", "wild", "status", "catch-all"]);
+    assert_eq!(
+        order,
+        ["orders-v1", "orders", "wild", "status", "catch-all"]
+    );
     let orders = &p.routes[1];
     assert_eq!(orders.product.as_deref(), Some("shop"));
     assert_eq!(
@@ -970,7 +998,9 @@ pool = "api"
     assert_eq!(p.routes[0].max_body_bytes, 2048);
     let catch_all = &p.routes[4];
     assert_eq!(catch_all.pool, 1);
-    assert!(catch_all.hosts.is_empty() && catch_all.methods.is_empty() && catch_all.product.is_none());
+    assert!(
+        catch_all.hosts.is_empty() && catch_all.methods.is_empty() && catch_all.product.is_none()
+    );
     assert_eq!(catch_all.path, PathMatch::Prefix("/".into()));
     assert_eq!(catch_all.retries, 1);
     assert_eq!(catch_all.max_body_bytes, 10 << 20);
@@ -990,7 +1020,10 @@ fn https_defaults_are_the_secure_ones() {
     let c = f
         .load(&https_listener("certs/api.pem", "certs/api-key.pem"))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.admin.listen, Some("127.0.0.1:9901".parse().expect("addr")));
+    assert_eq!(
+        c.admin.listen,
+        Some("127.0.0.1:9901".parse().expect("addr"))
+    );
     assert_eq!(c.proxy.drain_timeout, Duration::from_secs(30));
     assert!(c.proxy.trusted.load_balancers.is_empty() && c.proxy.trusted.proxies.is_empty());
     // A listener with no routes at all is valid: it answers 404.
@@ -1034,7 +1067,9 @@ fn the_proxy_example_loads_with_generated_certificates() {
     .expect("read examples/proxy.toml");
     f.cert("example", &["api.example.com", "*.example.com"]);
     f.cert("backend-ca", &["orders.internal"]);
-    let c = f.load(&example).unwrap_or_else(|e| panic!("examples/proxy.toml:\n{e}"));
+    let c = f
+        .load(&example)
+        .unwrap_or_else(|e| panic!("examples/proxy.toml:\n{e}"));
     assert!(!c.kernel.enabled);
     assert!(!c.proxy.listeners.is_empty());
     assert!(
@@ -1043,6 +1078,11 @@ fn the_proxy_example_loads_with_generated_certificates() {
             .iter()
             .any(|l| matches!(l.kind, ListenerKind::Https(_)))
     );
-    assert!(c.proxy.pools.iter().any(|p| p.tls.is_some() && p.health.is_some()));
+    assert!(
+        c.proxy
+            .pools
+            .iter()
+            .any(|p| p.tls.is_some() && p.health.is_some())
+    );
     assert!(!c.proxy.routes.is_empty());
 }

@@ -10,8 +10,8 @@ use toml::Spanned;
 
 use super::duration;
 use super::error::{ConfigError, ErrorKind, Location};
-use super::proxy_compile;
 use super::model::{Config, KernelConfig, LogConfig};
+use super::proxy_compile;
 use super::raw::{RawConfig, RawDeny, RawGeo, RawKernel, RawLog, RawPrefixSources, Strings};
 use super::reader::Field;
 use super::source::Diagnostics;

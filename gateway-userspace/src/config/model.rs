@@ -55,17 +55,9 @@ impl Default for KernelConfig {
     }
 }
 
-/// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AttachMode {
-    /// Native where the driver supports it, generic (skb) otherwise.
-    #[default]
-    Auto,
-    /// Driver mode only: fail if the driver lacks XDP support.
-    Native,
-    /// Generic (skb) mode: works everywhere, after the kernel has allocated an skb.
-    Generic,
-}
+/// How the XDP program is attached: the kernel module's own type, so config and kernel
+/// share one vocabulary.
+pub use crate::kernel::AttachMode;
 
 /// `[log]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -252,9 +252,7 @@ fn binds_conflict(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
         return false;
     }
-    let covers = |w: IpAddr, other: IpAddr| {
-        w.is_unspecified() && (w.is_ipv6() || other.is_ipv4())
-    };
+    let covers = |w: IpAddr, other: IpAddr| w.is_unspecified() && (w.is_ipv6() || other.is_ipv4());
     a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip())
 }
 
@@ -279,7 +277,10 @@ fn listeners(
         if let Some(name) = &l.name {
             names.check(name, d);
         }
-        let name = l.name.as_ref().map_or_else(String::new, |n| n.get_ref().clone());
+        let name = l
+            .name
+            .as_ref()
+            .map_or_else(String::new, |n| n.get_ref().clone());
 
         let bind = l.bind.as_ref().and_then(|b| {
             let Ok(addr) = b.get_ref().parse::<SocketAddr>() else {
@@ -307,11 +308,8 @@ fn listeners(
 
         let kind = listener_kind(&l, &name, d);
 
-        let proxy_protocol = l.proxy_protocol.value_or(false);
-        if let (true, Some(p)) = (
-            proxy_protocol && !load_balancers_declared,
-            l.proxy_protocol.present(),
-        ) {
+        let proxy_protocol = l.proxy_protocol.present().filter(|p| *p.get_ref());
+        if let Some(p) = proxy_protocol.filter(|_| !load_balancers_declared) {
             d.at(&p.span(), ErrorKind::ProxyProtocolUntrusted);
         }
 
@@ -329,7 +327,7 @@ fn listeners(
             name,
             bind: bind.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             kind,
-            proxy_protocol,
+            proxy_protocol: proxy_protocol.is_some(),
             max_connections: usize::try_from(max_connections).unwrap_or(0),
             handshake_timeout: timeout(
                 &l.handshake_timeout,
@@ -367,14 +365,12 @@ fn listener_kind(l: &RawListener, name: &str, d: &mut Diagnostics) -> ListenerKi
         Field::Absent | Field::Invalid => None,
     };
     const ONLY_HTTP: &str = "to `protocol = \"http\"` listeners";
-    if protocol == Some(ListenerProtocol::Https) {
-        if let Some(mode) = l.http_mode.present() {
-            let kind = ErrorKind::NotApplicable {
-                key: "listeners.http_mode".into(),
-                applies: ONLY_HTTP,
-            };
-            d.at(&mode.span(), kind);
-        }
+    if let (Some(ListenerProtocol::Https), Some(mode)) = (protocol, l.http_mode.present()) {
+        let kind = ErrorKind::NotApplicable {
+            key: "listeners.http_mode".into(),
+            applies: ONLY_HTTP,
+        };
+        d.at(&mode.span(), kind);
     }
     let mode = l.http_mode.value_or(HttpMode::Redirect);
     let redirect_port = integer(
@@ -575,8 +571,15 @@ fn pools(raw: Vec<RawPool>, d: &mut Diagnostics) -> (Vec<PoolConfig>, Vec<Option
             d,
         );
         pools.push(PoolConfig {
-            name: p.name.as_ref().map_or_else(String::new, |n| n.get_ref().clone()),
-            endpoints: p.endpoints.as_ref().map(|e| endpoints(e, d)).unwrap_or_default(),
+            name: p
+                .name
+                .as_ref()
+                .map_or_else(String::new, |n| n.get_ref().clone()),
+            endpoints: p
+                .endpoints
+                .as_ref()
+                .map(|e| endpoints(e, d))
+                .unwrap_or_default(),
             balance: p.balance.value_or(Balance::default()),
             protocol: p.protocol.value_or(UpstreamProtocol::default()),
             tls: p.tls.as_ref().and_then(|t| upstream_tls(t, d)),
@@ -838,12 +841,18 @@ mod tests {
         assert_eq!(ok("backend.internal:9000"), Ok(9000));
         let err = |s| split_endpoint(s).err().unwrap_or_default();
         assert_eq!(err("backend"), "no port");
-        assert_eq!(err("http://a:80"), "write it without a scheme, as `host:port`");
+        assert_eq!(
+            err("http://a:80"),
+            "write it without a scheme, as `host:port`"
+        );
         assert_eq!(
             err("::1:80"),
             "write an IPv6 address in brackets, as `[2001:db8::1]:8080`"
         );
-        assert_eq!(err("[::1]"), "write an IPv6 address as `[2001:db8::1]:8080`");
+        assert_eq!(
+            err("[::1]"),
+            "write an IPv6 address as `[2001:db8::1]:8080`"
+        );
         assert_eq!(err("[nope]:80"), "`nope` is not an IPv6 address");
         assert_eq!(err("a:0"), "port 0 cannot be connected to");
         assert_eq!(err("a:+80"), "`+80` is not a port number (1 to 65535)");

@@ -11,9 +11,7 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use super::model::{AttachMode, LogFormat, LogLevel};
-use super::proxy_raw::{
-    RawAdmin, RawListener, RawPool, RawProxy, RawRoute, RawTrustedProxies,
-};
+use super::proxy_raw::{RawAdmin, RawListener, RawPool, RawProxy, RawRoute, RawTrustedProxies};
 use super::reader::{Field, Keyword, Table};
 use super::source::{Diagnostics, Span};
 use crate::rules::{Mode, UnknownCountry};

@@ -98,7 +98,10 @@ fn route(
 
     Compiled {
         route: RouteConfig {
-            name: r.name.as_ref().map_or_else(String::new, |n| n.get_ref().clone()),
+            name: r
+                .name
+                .as_ref()
+                .map_or_else(String::new, |n| n.get_ref().clone()),
             product,
             hosts,
             path: match path_match {
@@ -442,14 +445,29 @@ mod tests {
     #[test]
     fn host_patterns() {
         let ok = |s| host_pattern(s).expect(s);
-        assert_eq!(ok("API.Example.com"), HostMatch::Exact("api.example.com".into()));
-        assert_eq!(ok("*.Example.com"), HostMatch::Suffix(".example.com".into()));
+        assert_eq!(
+            ok("API.Example.com"),
+            HostMatch::Exact("api.example.com".into())
+        );
+        assert_eq!(
+            ok("*.Example.com"),
+            HostMatch::Suffix(".example.com".into())
+        );
         assert_eq!(ok("10.0.0.1"), HostMatch::Exact("10.0.0.1".into()));
-        assert_eq!(ok("[2001:DB8::1]"), HostMatch::Exact("[2001:db8::1]".into()));
-        assert_eq!(ok("svc_a.internal"), HostMatch::Exact("svc_a.internal".into()));
+        assert_eq!(
+            ok("[2001:DB8::1]"),
+            HostMatch::Exact("[2001:db8::1]".into())
+        );
+        assert_eq!(
+            ok("svc_a.internal"),
+            HostMatch::Exact("svc_a.internal".into())
+        );
         let err = |s: &str| host_pattern(s).expect_err(s);
         assert_eq!(err(""), "it is empty");
-        assert_eq!(err("*"), "`*` alone is not a pattern; remove `hosts` to match any host");
+        assert_eq!(
+            err("*"),
+            "`*` alone is not a pattern; remove `hosts` to match any host"
+        );
         assert_eq!(err("*.*.example.com"), WILDCARD_PLACE);
         assert_eq!(err("api.*.com"), WILDCARD_PLACE);
         assert_eq!(err("*api.example.com"), WILDCARD_PLACE);
@@ -462,19 +480,28 @@ mod tests {
             "hosts are matched without a port; write `[::1]`"
         );
         assert_eq!(err("a:b"), "it contains `:`");
-        assert_eq!(err("[nope]"), "it is not an IPv6 address in brackets, such as `[2001:db8::1]`");
+        assert_eq!(
+            err("[nope]"),
+            "it is not an IPv6 address in brackets, such as `[2001:db8::1]`"
+        );
         assert_eq!(
             err("example.com."),
             "write it without the trailing dot, as `example.com`"
         );
         assert_eq!(err("a..b"), "the name has an empty label");
-        assert_eq!(err("-a.b"), "the name has a label that starts or ends with `-`");
+        assert_eq!(
+            err("-a.b"),
+            "the name has a label that starts or ends with `-`"
+        );
         assert_eq!(err("a b"), "the name contains ` `");
         assert_eq!(
             err("bücher.de"),
             "it is not ASCII; write an internationalized name in its `xn--` form"
         );
-        assert_eq!(err(&"a".repeat(64)), "the name has a label longer than 63 characters");
+        assert_eq!(
+            err(&"a".repeat(64)),
+            "the name has a label longer than 63 characters"
+        );
         assert_eq!(
             err(&["a"; 128].join(".")),
             "the name is longer than 253 characters"
@@ -504,7 +531,10 @@ mod tests {
             Some("it contains a character that is not ASCII; write it percent-encoded")
         );
         assert_eq!(health_path_problem("/healthz?full=1"), None);
-        assert_eq!(health_path_problem("healthz"), Some("it must start with `/`"));
+        assert_eq!(
+            health_path_problem("healthz"),
+            Some("it must start with `/`")
+        );
     }
 
     #[test]

@@ -59,12 +59,11 @@ fn tidy(value: &mut Value) {
             }
             if let Some(Value::Array(any)) = map.get_mut("anyOf") {
                 any.retain(|s| s.get("type").is_none_or(|t| t != "null"));
-                if any.len() == 1 {
-                    if let Some(Value::Object(only)) = any.pop() {
-                        map.remove("anyOf");
-                        for (k, v) in only {
-                            map.entry(k).or_insert(v);
-                        }
+                if let [Value::Object(only)] = any.as_mut_slice() {
+                    let only = std::mem::take(only);
+                    map.remove("anyOf");
+                    for (k, v) in only {
+                        map.entry(k).or_insert(v);
                     }
                 }
             }
@@ -575,14 +574,23 @@ mod tests {
     /// Every table the schema describes, by dotted path (`listeners.tls`; "" for the top
     /// level), with the schema of its contents. Arrays of tables count as tables.
     fn tables(root: &Value) -> BTreeMap<String, &Value> {
-        fn walk<'a>(root: &'a Value, s: &'a Value, path: String, out: &mut BTreeMap<String, &'a Value>) {
+        fn walk<'a>(
+            root: &'a Value,
+            s: &'a Value,
+            path: String,
+            out: &mut BTreeMap<String, &'a Value>,
+        ) {
             let s = resolve(root, s);
             let Some(props) = s.get("properties").and_then(Value::as_object) else {
                 return;
             };
             for (key, p) in props {
                 let p = resolve(root, p);
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 match p.get("type").and_then(Value::as_str) {
                     Some("object") => walk(root, p, child, out),
                     Some("array") => {
@@ -625,7 +633,10 @@ mod tests {
     #[test]
     fn the_schema_is_valid_draft_2020_12() {
         let schema = json_schema();
-        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
         jsonschema::meta::validate(&schema).unwrap_or_else(|e| panic!("{e}"));
     }
 
@@ -641,7 +652,11 @@ mod tests {
     #[test]
     fn the_examples_validate() {
         for example in ["examples/portcullis.toml", "examples/proxy.toml"] {
-            assert_eq!(schema_errors(&toml_as_json(example)), Vec::<String>::new(), "{example}");
+            assert_eq!(
+                schema_errors(&toml_as_json(example)),
+                Vec::<String>::new(),
+                "{example}"
+            );
         }
     }
 
@@ -653,7 +668,10 @@ mod tests {
         config["colour"] = json!("red");
         let errors = schema_errors(&config);
         assert_eq!(errors.len(), 3, "{errors:#?}");
-        assert!(errors.iter().any(|e| e.contains("max_conections")), "{errors:#?}");
+        assert!(
+            errors.iter().any(|e| e.contains("max_conections")),
+            "{errors:#?}"
+        );
         assert!(errors.iter().any(|e| e.contains("ciphers")), "{errors:#?}");
         assert!(errors.iter().any(|e| e.contains("colour")), "{errors:#?}");
 
@@ -686,13 +704,24 @@ mod tests {
             table.insert(PROBE.into(), json!(1));
             let s = tables[path];
             for key in property_names(s) {
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 if !tables.contains_key(&child) {
                     continue;
                 }
                 let p = resolve(schema, &s["properties"][&key]);
                 let value = skeleton(tables, schema, &child);
-                table.insert(key, if p["type"] == "array" { json!([value]) } else { value });
+                table.insert(
+                    key,
+                    if p["type"] == "array" {
+                        json!([value])
+                    } else {
+                        value
+                    },
+                );
             }
             Value::Object(table)
         }
@@ -702,7 +731,13 @@ mod tests {
 
         let mut seen = BTreeSet::new();
         for e in &errors {
-            let ErrorKind::UnknownKey { key, table, expected, .. } = &e.kind else {
+            let ErrorKind::UnknownKey {
+                key,
+                table,
+                expected,
+                ..
+            } = &e.kind
+            else {
                 continue;
             };
             assert_eq!(key, PROBE, "{e}");
@@ -716,11 +751,17 @@ mod tests {
                 .map(|s| property_names(s))
                 .unwrap_or_else(|| panic!("the reader has table `{path}`, the schema has not"));
             let reader_keys: BTreeSet<String> = expected.iter().map(|k| k.to_string()).collect();
-            assert_eq!(reader_keys, schema_keys, "keys of `{path}`: reader, then schema");
+            assert_eq!(
+                reader_keys, schema_keys,
+                "keys of `{path}`: reader, then schema"
+            );
             seen.insert(path);
         }
         let described: BTreeSet<String> = tables.keys().cloned().collect();
-        assert_eq!(seen, described, "tables the reader walked, then tables the schema has");
+        assert_eq!(
+            seen, described,
+            "tables the reader walked, then tables the schema has"
+        );
     }
 
     /// A config with every defaulted key left out loads exactly as one with each such key set
@@ -769,7 +810,13 @@ path = "/"
 pool = "p"
 [routes.timeouts]
 "#;
-        fn fill(schema: &Value, s: &Value, value: &mut Value, path: &str, filled: &mut BTreeSet<String>) {
+        fn fill(
+            schema: &Value,
+            s: &Value,
+            value: &mut Value,
+            path: &str,
+            filled: &mut BTreeSet<String>,
+        ) {
             let s = resolve(schema, s);
             let Some(table) = value.as_object_mut() else {
                 return;
@@ -778,7 +825,11 @@ pool = "p"
             let https = table.get("protocol") == Some(&json!("https"));
             for (key, p) in s["properties"].as_object().into_iter().flatten() {
                 let p = resolve(schema, p);
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 match table.get_mut(key) {
                     Some(Value::Array(items)) => {
                         for item in items {
@@ -787,11 +838,10 @@ pool = "p"
                     }
                     Some(sub) => fill(schema, p, sub, &child, filled),
                     None => {
-                        if let Some(default) = p.get("default") {
-                            if !(https && (key == "http_mode" || key == "redirect_port")) {
-                                table.insert(key.clone(), default.clone());
-                                filled.insert(child);
-                            }
+                        let plain_only = key == "http_mode" || key == "redirect_port";
+                        if let Some(default) = p.get("default").filter(|_| !(https && plain_only)) {
+                            table.insert(key.clone(), default.clone());
+                            filled.insert(child);
                         }
                     }
                 }
@@ -814,7 +864,11 @@ pool = "p"
         for (path, s) in tables(&schema) {
             for (key, p) in s["properties"].as_object().into_iter().flatten() {
                 if resolve(&schema, p).get("default").is_some() && path != "geo" {
-                    defaults.insert(if path.is_empty() { key.clone() } else { format!("{path}.{key}") });
+                    defaults.insert(if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    });
                 }
             }
         }
@@ -829,7 +883,11 @@ pool = "p"
             match v {
                 Value::Object(m) => {
                     for (k, v) in m {
-                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
                         out.insert(p.clone());
                         keys(v, &p, out);
                     }
@@ -849,7 +907,11 @@ pool = "p"
                 continue;
             }
             for key in property_names(s) {
-                let p = if path.is_empty() { key } else { format!("{path}.{key}") };
+                let p = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
                 if p != "geo" && !written.contains(&p) {
                     missing.push(p);
                 }

@@ -118,7 +118,16 @@ mod tests {
 
     #[test]
     fn refusals() {
-        for bad in ["", "10", "MiB", "1.5MiB", "10 parsecs", "1e6B", "10MiBs", "+1B"] {
+        for bad in [
+            "",
+            "10",
+            "MiB",
+            "1.5MiB",
+            "10 parsecs",
+            "1e6B",
+            "10MiBs",
+            "+1B",
+        ] {
             assert_eq!(text(bad), Err(SizeError::Syntax), "{bad:?}");
         }
         assert_eq!(text("-1MiB"), Err(SizeError::Negative));

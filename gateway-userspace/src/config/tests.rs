@@ -400,6 +400,20 @@ fn the_shipped_example_loads() {
         c.rules.geo.is_none(),
         "the example's [geo] section stays commented out"
     );
+    // Its https listener and pool TLS stay commented out too (no certificates are shipped);
+    // examples/proxy.toml covers them, in tests/config_check.rs.
+    assert_eq!(c.proxy.listeners.len(), 1);
+    assert!(matches!(
+        c.proxy.listeners[0].kind,
+        ListenerKind::Http(PlainMode::RedirectToHttps { port: 443 })
+    ));
+    assert_eq!(c.proxy.pools.len(), 1);
+    assert!(c.proxy.pools[0].tls.is_none() && c.proxy.pools[0].health.is_some());
+    assert_eq!(c.proxy.routes.len(), 1);
+    assert_eq!(
+        c.admin.listen,
+        Some("127.0.0.1:9901".parse().expect("addr"))
+    );
 }
 
 #[test]
@@ -416,7 +430,148 @@ fn deep_nesting_is_refused_not_a_stack_overflow() {
     assert!(load_str(&dotted, Path::new("p.toml")).is_err());
 }
 
-/// A config touching every section, the seed of the mutation test.
+const USERSPACE: &str = "[kernel]\nenabled = false\n";
+
+#[test]
+fn proxy_sections_of_the_wrong_type_do_not_cascade() {
+    assert_eq!(
+        errors(
+            "admin = 1\nproxy = []\ntrusted_proxies = \"x\"\nlisteners = {}\npools = 2\n\
+             routes = [3]\nkernel.enabled = false\n"
+        ),
+        "p.toml:1:9: error: `admin`: expected a table ([admin]), found an integer\n\
+         p.toml:2:9: error: `proxy`: expected a table ([proxy]), found an array\n\
+         p.toml:3:19: error: `trusted_proxies`: expected a table ([trusted_proxies]), found a string\n\
+         p.toml:4:13: error: `listeners`: expected an array of tables ([[listeners]]), found a table\n\
+         p.toml:5:9: error: `pools`: expected an array of tables ([[pools]]), found an integer\n\
+         p.toml:6:11: error: `routes`: expected an array of tables ([[routes]]), found an integer"
+    );
+    // A refused [trusted_proxies] does not also make proxy_protocol "untrusted".
+    assert_eq!(
+        errors(
+            "trusted_proxies = 1\nkernel.enabled = false\n[[listeners]]\nname = \"a\"\n\
+             bind = \"0.0.0.0:1\"\nprotocol = \"http\"\nproxy_protocol = true\n"
+        ),
+        "p.toml:1:19: error: `trusted_proxies`: expected a table ([trusted_proxies]), found an integer"
+    );
+}
+
+#[test]
+fn required_proxy_keys() {
+    assert_eq!(
+        errors(&format!(
+            "{USERSPACE}[[listeners]]\n[listeners.tls]\ncertificates = [{{}}]\n[[pools]]\n\
+             [pools.tls]\n[pools.health]\n[[routes]]\n"
+        )),
+        "p.toml:3:1: error: missing required key `name` in [[listeners]]\n\
+         p.toml:3:1: error: missing required key `bind` in [[listeners]]\n\
+         p.toml:3:1: error: missing required key `protocol` in [[listeners]]\n\
+         p.toml:5:17: error: missing required key `cert` in [[listeners.tls.certificates]]\n\
+         p.toml:5:17: error: missing required key `key` in [[listeners.tls.certificates]]\n\
+         p.toml:6:1: error: missing required key `name` in [[pools]]\n\
+         p.toml:6:1: error: missing required key `endpoints` in [[pools]]\n\
+         p.toml:7:1: error: missing required key `ca` in [pools.tls]\n\
+         p.toml:8:1: error: missing required key `path` in [pools.health]\n\
+         p.toml:9:1: error: missing required key `name` in [[routes]]\n\
+         p.toml:9:1: error: missing required key `path` in [[routes]]\n\
+         p.toml:9:1: error: missing required key `pool` in [[routes]]"
+    );
+    assert_eq!(
+        errors(&format!(
+            "{USERSPACE}[[listeners]]\nname = \"a\"\nbind = \"0.0.0.0:1\"\nprotocol = \"https\"\n\
+             [listeners.tls]\nalpn = []\n[[listeners]]\nname = \"b\"\nbind = \"0.0.0.0:2\"\n\
+             protocol = \"https\"\n[listeners.tls]\ncertificates = []\nalpn = [\"h3\", \"h2\", \"h2\"]\n"
+        )),
+        "p.toml:7:1: error: missing required key `certificates` in [listeners.tls]\n\
+         p.toml:8:8: error: `listeners.tls.alpn` is empty: list `h2`, `http/1.1` or both, or remove \
+         the key for both\n\
+         p.toml:14:16: error: `listeners.tls.certificates` is empty: list at least one `{ cert = \
+         \"...\", key = \"...\" }`\n\
+         p.toml:15:9: error: `listeners.tls.alpn`: unknown value `h3`; expected one of: h2, http/1.1\n\
+         p.toml:15:21: error: `listeners.tls.alpn`: `h2` is listed more than once"
+    );
+}
+
+#[test]
+fn listener_values() {
+    let text = format!(
+        "{USERSPACE}[[listeners]]\nname = \"Public\"\nbind = \"localhost:80\"\nprotocol = \"tcp\"\n\
+         max_connections = 0\nhandshake_timeout = \"0s\"\nheader_timeout = \"6m\"\n\
+         idle_timeout = \"2h\"\nredirect_port = 70000\nhttp_mode = \"proxy\"\n\
+         [[listeners]]\nname = \"b\"\nbind = \"0.0.0.0:80\"\nprotocol = \"http\"\n\
+         [[listeners]]\nname = \"b\"\nbind = \"[::]:80\"\nprotocol = \"http\"\n"
+    );
+    assert_eq!(
+        errors(&text),
+        "p.toml:4:8: error: invalid listener name `Public`: use 1 to 32 characters from a-z, 0-9, \
+         `_` and `-`\n\
+         p.toml:5:8: error: `listeners.bind`: `localhost:80` is not an IP address and port such as \
+         `0.0.0.0:8443`\n\
+         p.toml:6:12: error: `listeners.protocol`: unknown value `tcp`; expected one of: https, http\n\
+         p.toml:7:19: error: `listeners.max_connections`: 0 is out of range; expected 1 to 1000000\n\
+         p.toml:8:21: error: `listeners.handshake_timeout`: invalid duration `0s`: must be greater \
+         than zero\n\
+         p.toml:9:18: error: `listeners.header_timeout`: invalid duration `6m`: must be at most 5m\n\
+         p.toml:10:16: error: `listeners.idle_timeout`: invalid duration `2h`: must be at most 1h\n\
+         p.toml:11:17: error: `listeners.redirect_port`: 70000 is out of range; expected 1 to 65535\n\
+         p.toml:12:13: error: `listeners.http_mode`: unknown value `proxy`; expected one of: \
+         redirect, serve\n\
+         p.toml:18:8: error: duplicate listener name `b` (first used on line 14)\n\
+         p.toml:19:8: error: bind address [::]:80 overlaps 0.0.0.0:80, bound by listener `b` (line 15)"
+    );
+}
+
+#[test]
+fn route_values() {
+    let text = format!(
+        "{USERSPACE}[[pools]]\nname = \"api\"\nendpoints = [\"127.0.0.1:1\"]\n\
+         [[routes]]\nname = \"r\"\nproduct = \"Shop\"\nhosts = []\npath = \"orders?x\"\n\
+         path_match = \"regex\"\nmethods = []\npool = \"api\"\nretries = 6\nwebsocket = \"yes\"\n\
+         [routes.timeouts]\nconnect = \"6m\"\nresponse_headers = \"90s\"\n\
+         [[routes]]\nname = \"r\"\npath = \"/x?y\"\npool = \"api\"\n"
+    );
+    assert_eq!(
+        errors(&text),
+        "p.toml:8:11: error: invalid product name `Shop`: use 1 to 32 characters from a-z, 0-9, `_` \
+         and `-`\n\
+         p.toml:9:9: error: `routes.hosts` is empty: list at least one host, or remove the key to \
+         match any host\n\
+         p.toml:10:8: error: `routes.path`: invalid path `orders?x`: it must start with `/`\n\
+         p.toml:11:14: error: `routes.path_match`: unknown value `regex`; expected one of: prefix, \
+         exact\n\
+         p.toml:12:11: error: `routes.methods` is empty: list at least one method, or remove the key \
+         to match any method\n\
+         p.toml:14:11: error: `routes.retries`: 6 is out of range; expected 0 to 5\n\
+         p.toml:15:13: error: `routes.websocket`: invalid type: string \"yes\", expected a boolean\n\
+         p.toml:17:11: error: `routes.timeouts.connect`: invalid duration `6m`: must be at most 5m\n\
+         p.toml:18:20: error: `routes.timeouts.total` (1m) must be at least \
+         `routes.timeouts.response_headers` (1m 30s)\n\
+         p.toml:20:8: error: duplicate route name `r` (first used on line 7)\n\
+         p.toml:21:8: error: `routes.path`: invalid path `/x?y`: it contains `?`: routes match the \
+         path alone, without the query"
+    );
+}
+
+#[test]
+fn proxy_only_config_with_no_routes_loads() {
+    let c = loads(&format!(
+        "{USERSPACE}[[listeners]]\nname = \"plain\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\n\
+         http_mode = \"serve\"\n"
+    ));
+    assert!(!c.kernel.enabled && c.kernel.interfaces.is_empty());
+    assert_eq!(c.proxy.listeners.len(), 1);
+    assert!(c.proxy.routes.is_empty());
+    // No proxy sections at all: no listeners, the admin endpoint on its loopback default.
+    let c = loads(MINIMAL);
+    assert!(c.proxy.listeners.is_empty());
+    assert_eq!(
+        c.admin.listen,
+        Some("127.0.0.1:9901".parse().expect("addr"))
+    );
+}
+
+/// A config touching every section, the seed of the mutation test. Endpoints are addresses:
+/// a mutation that turned one into a name would wait on DNS.
 const SEED: &str = r#"
 [kernel]
 enabled = true
@@ -438,6 +593,62 @@ mode = "enforce"
 [log]
 level = "info"
 format = "json"
+[admin]
+listen = "127.0.0.1:9901"
+allow_remote = false
+[proxy]
+drain_timeout = "30s"
+[trusted_proxies]
+load_balancers = ["10.0.0.0/8"]
+proxies = ["10.1.0.0/16"]
+client_ip_header = "forwarded"
+[[listeners]]
+name = "public"
+bind = "0.0.0.0:8443"
+protocol = "https"
+proxy_protocol = true
+max_connections = 10
+[listeners.tls]
+certificates = [{ cert = "c.pem", key = "k.pem" }]
+min_version = "1.3"
+alpn = ["h2"]
+[listeners.tls.hsts]
+max_age = "365d"
+include_subdomains = true
+preload = true
+[[listeners]]
+name = "plain"
+bind = "[::]:8080"
+protocol = "http"
+http_mode = "redirect"
+redirect_port = 8443
+[[pools]]
+name = "api"
+endpoints = ["[::1]:9001"]
+balance = "power_of_two"
+[pools.tls]
+ca = "ca.pem"
+server_name = "api.internal"
+[pools.health]
+path = "/healthz"
+interval = "5s"
+timeout = "2s"
+[pools.passive]
+consecutive_failures = 5
+[[routes]]
+name = "orders"
+hosts = ["api.example.com", "*.example.com"]
+path = "/orders"
+methods = ["GET"]
+pool = "api"
+max_body_size = "1MiB"
+[routes.timeouts]
+total = "60s"
+[[routes]]
+name = "all"
+path = "/"
+path_match = "exact"
+pool = "api"
 "#;
 
 proptest::proptest! {

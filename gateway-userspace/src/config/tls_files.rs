@@ -191,3 +191,154 @@ pub(crate) fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsFileEr
     }
     Ok(roots)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_formats() {
+        let p = || PathBuf::from("certs/api.pem");
+        let cases = [
+            (
+                TlsFileError::Read {
+                    path: p(),
+                    reason: "denied".into(),
+                },
+                "cannot read certs/api.pem: denied",
+            ),
+            (
+                TlsFileError::NotAFile { path: p() },
+                "certs/api.pem is not a regular file",
+            ),
+            (
+                TlsFileError::TooLarge { path: p() },
+                "certs/api.pem is larger than 16 MiB",
+            ),
+            (
+                TlsFileError::Pem {
+                    path: p(),
+                    reason: "a malformed BEGIN line".into(),
+                },
+                "certs/api.pem: invalid PEM: a malformed BEGIN line",
+            ),
+            (
+                TlsFileError::NoCertificate { path: p() },
+                "certs/api.pem: no certificate found",
+            ),
+            (
+                TlsFileError::NoKey {
+                    path: p(),
+                    encrypted: false,
+                },
+                "certs/api.pem: no private key found",
+            ),
+            (
+                TlsFileError::NoKey {
+                    path: p(),
+                    encrypted: true,
+                },
+                "certs/api.pem: no private key found (encrypted keys are not supported; decrypt \
+                 it first)",
+            ),
+            (
+                TlsFileError::UnsupportedKey {
+                    path: p(),
+                    reason: "bad".into(),
+                },
+                "certs/api.pem: unsupported private key: bad",
+            ),
+            (
+                TlsFileError::BadCertificate {
+                    path: p(),
+                    reason: "bad".into(),
+                },
+                "certs/api.pem: invalid certificate: bad",
+            ),
+            (
+                TlsFileError::KeyMismatch {
+                    key: "k.pem".into(),
+                    cert: p(),
+                },
+                "key k.pem does not match certificate certs/api.pem",
+            ),
+            (
+                TlsFileError::BadCaCertificate {
+                    path: p(),
+                    index: 2,
+                    reason: "bad".into(),
+                },
+                "certs/api.pem: certificate 2 is not a usable CA certificate: bad",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_pem_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            certificates(dir.path()),
+            Err(TlsFileError::NotAFile {
+                path: dir.path().to_path_buf()
+            })
+        );
+        let big = dir.path().join("big.pem");
+        std::fs::File::create(&big)
+            .and_then(|f| f.set_len(MAX_PEM_BYTES + 1))
+            .expect("sparse file");
+        assert_eq!(
+            certificates(&big),
+            Err(TlsFileError::TooLarge { path: big.clone() })
+        );
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        assert!(
+            matches!(certificates(&garbage), Err(TlsFileError::Pem { reason, .. }) if reason.starts_with("bad base64")),
+        );
+        // Well-formed PEM around bytes that are not a certificate: refused when the pair is
+        // checked, at the certificate.
+        let not_der = dir.path().join("not-der.pem");
+        std::fs::write(
+            &not_der,
+            "-----BEGIN CERTIFICATE-----\nAAECAw==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let rcgen::CertifiedKey { signing_key, .. } =
+            rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).expect("cert");
+        let key_file = dir.path().join("key.pem");
+        std::fs::write(&key_file, signing_key.serialize_pem()).expect("write");
+        let chain = certificates(&not_der).expect("PEM parses");
+        let key = private_key(&key_file).expect("key parses");
+        let Err((which, e)) = certified_key(chain, &not_der, key, &key_file) else {
+            panic!("garbage certificate accepted");
+        };
+        assert_eq!(which, PairFile::Cert);
+        assert!(matches!(e, TlsFileError::BadCertificate { .. }), "{e}");
+        // A garbage key of a known PEM type: refused by the provider, at the key.
+        let bad_key = dir.path().join("bad-key.pem");
+        std::fs::write(
+            &bad_key,
+            "-----BEGIN PRIVATE KEY-----\nAAECAw==\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let chain = certificates(&not_der).expect("PEM parses");
+        let key = private_key(&bad_key).expect("PEM parses");
+        let Err((which, e)) = certified_key(chain, &not_der, key, &bad_key) else {
+            panic!("garbage key accepted");
+        };
+        assert_eq!(which, PairFile::Key);
+        assert!(matches!(e, TlsFileError::UnsupportedKey { .. }), "{e}");
+        // A CA bundle entry that is not a certificate.
+        assert!(matches!(
+            root_store(&not_der),
+            Err(TlsFileError::BadCaCertificate { index: 1, .. })
+        ));
+    }
+}
