@@ -73,7 +73,20 @@ pub struct Metrics {
     kernel_bytes: Family<KernelLabels, Counter>,
     /// Where to read kernel counters from, when the kernel layer is on.
     kernel: Option<PinLayout>,
+    /// Reads the current upstream endpoints' state at scrape time (set by the proxy).
+    upstreams: std::sync::RwLock<Option<UpstreamProbe>>,
 }
+
+/// One endpoint's state for the upstream gauges.
+pub struct UpstreamReading {
+    pub pool: String,
+    pub endpoint: String,
+    pub available: bool,
+    pub outstanding: usize,
+}
+
+/// Produces the upstream readings of the current configuration generation.
+pub type UpstreamProbe = Box<dyn Fn() -> Vec<UpstreamReading> + Send + Sync>;
 
 impl Metrics {
     pub fn new(kernel: Option<PinLayout>) -> Arc<Self> {
@@ -90,6 +103,7 @@ impl Metrics {
             kernel_packets: Family::default(),
             kernel_bytes: Family::default(),
             kernel,
+            upstreams: std::sync::RwLock::new(None),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by route and status class", m.requests.clone());
@@ -128,14 +142,39 @@ impl Metrics {
         self.latency.get_or_create(&RouteLabels { route: route.into() }).observe(seconds);
     }
 
-    /// The exposition text (OpenMetrics), with the kernel counters brought up to date.
+    /// Sets where the upstream gauges are read from.
+    pub fn set_upstream_probe(&self, probe: UpstreamProbe) {
+        if let Ok(mut p) = self.upstreams.write() {
+            *p = Some(probe);
+        }
+    }
+
+    /// The exposition text (OpenMetrics), with the kernel counters and upstream gauges
+    /// brought up to date.
     pub fn render(&self) -> String {
         self.refresh_kernel();
+        self.refresh_upstreams();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    fn refresh_upstreams(&self) {
+        let Ok(probe) = self.upstreams.read() else { return };
+        let Some(probe) = probe.as_ref() else { return };
+        // Endpoints of an older generation disappear from the gauges.
+        self.upstream_healthy.clear();
+        self.upstream_outstanding.clear();
+        for r in probe() {
+            let labels = EndpointLabels {
+                pool: r.pool,
+                endpoint: r.endpoint,
+            };
+            self.upstream_healthy.get_or_create(&labels).set(i64::from(r.available));
+            self.upstream_outstanding.get_or_create(&labels).set(r.outstanding as i64);
+        }
     }
 
     /// Kernel counters only ever grow: add what they grew by since the last scrape.

@@ -39,6 +39,16 @@ impl Backend {
     }
 
     pub async fn start_on(bind: SocketAddr, name: &str, proto: Proto) -> Self {
+        Self::start_with(bind, name, proto, None).await
+    }
+
+    /// A backend that speaks TLS with `tls`, serving `proto` inside it.
+    pub async fn start_tls(name: &str, proto: Proto, tls: Arc<rustls::ServerConfig>) -> Self {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        Self::start_with("127.0.0.1:0".parse().unwrap(), name, proto, Some(acceptor)).await
+    }
+
+    async fn start_with(bind: SocketAddr, name: &str, proto: Proto, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let tcp = TcpListener::bind(bind).await.expect("bind backend");
         let addr = tcp.local_addr().expect("backend address");
         let requests = Arc::new(AtomicUsize::new(0));
@@ -51,21 +61,17 @@ impl Backend {
                     a = tcp.accept() => match a { Ok(a) => a, Err(_) => continue },
                     _ = stop_rx.changed() => return,
                 };
-                let (n, r, h) = (n.clone(), r.clone(), h.clone());
+                let (n, r, h, tls) = (n.clone(), r.clone(), h.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(n.clone(), r.clone(), h.clone(), req));
-                    let io = TokioIo::new(stream);
-                    let _ = match proto {
-                        Proto::Http1 => hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, svc)
-                            .with_upgrades()
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Proto::H2 => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, svc)
-                            .await
-                            .map_err(|e| e.to_string()),
-                    };
+                    match tls {
+                        None => serve_io(TokioIo::new(stream), svc, proto).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve_io(TokioIo::new(s), svc, proto).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -88,8 +94,27 @@ impl Backend {
     }
 }
 
-/// Paths: `/health`, `/status/<code>`, `/delay/<ms>`, `/stacktrace` (a 500 with internal
-/// details), anything else echoes the request as JSON.
+async fn serve_io<I, S>(io: I, svc: S, proto: Proto)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let _ = match proto {
+        Proto::Http1 => hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+            .map_err(|e| e.to_string()),
+        Proto::H2 => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+}
+
+/// Paths: `/health`, `/status/<code>`, `/delay/<ms>`, `/ws` (a WebSocket-style upgrade that
+/// echoes bytes), anything else echoes the request as JSON.
 async fn answer(name: String, requests: Arc<AtomicUsize>, healthy: Arc<AtomicBool>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/health" {
@@ -97,6 +122,21 @@ async fn answer(name: String, requests: Arc<AtomicUsize>, healthy: Arc<AtomicBoo
         return Ok(reply(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, "health".into()));
     }
     requests.fetch_add(1, Ordering::Relaxed);
+    if path.ends_with("/ws") && req.headers().get(http::header::UPGRADE).is_some() {
+        // Switch protocols and echo every byte back: enough to see a tunnel work end to end.
+        let upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            if let Ok(io) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        return Ok(resp);
+    }
     // `/status/` and `/delay/` work under any route prefix (`/v1/delay/100`).
     if let Some(code) = path.rsplit_once("/status/").and_then(|(_, c)| c.parse::<u16>().ok()) {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);

@@ -558,3 +558,102 @@ async fn reload_under_load_fails_no_request() {
     assert!(ok > 100, "only {ok} requests ran");
     assert!(a.served() > 0 && b.served() > 0, "both generations served");
 }
+
+#[tokio::test]
+async fn tls_to_backends_is_verified_against_the_pool_ca() {
+    let pki = TestPki::new("backend-ca");
+    let other = TestPki::new("other-ca");
+    let server_tls = |p: &TestPki| {
+        portcullis::proxy::tls::server_config(&TlsConfig {
+            certificates: vec![p.server(&["backend.internal"]).certified_key()],
+            certificate_files: vec![],
+            min_version: TlsVersion::Tls12,
+            alpn: vec![b"http/1.1".to_vec()],
+            hsts: None,
+        })
+        .unwrap()
+    };
+    let good = Backend::start_tls("good", Proto::Http1, server_tls(&pki)).await;
+    let forged = Backend::start_tls("forged", Proto::Http1, server_tls(&other)).await;
+    let with_tls = |b: &Backend| {
+        let mut p = pool("p", vec![endpoint(b)]);
+        p.tls = Some(portcullis::config::UpstreamTls {
+            roots: pki.roots(),
+            ca_file: "ca.pem".into(),
+            server_name: Some("backend.internal".into()),
+        });
+        p
+    };
+    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![with_tls(&good)]);
+    let (_p, addr) = start(&cfg).await;
+    let r = get(addr, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["backend"], "good");
+
+    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![with_tls(&forged)]);
+    let (_p2, addr) = start(&cfg).await;
+    assert_eq!(get(addr, "/").await.status, StatusCode::BAD_GATEWAY, "a backend certificate from another CA is refused");
+    assert_eq!(forged.served(), 0);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_only_where_enabled() {
+    let b = Backend::start("ws", Proto::Http1).await;
+    let mut ws_route = route("ws", "/live", 0);
+    ws_route.websocket = true;
+    let cfg = config(vec![plain_listener("web")], vec![ws_route, route("rest", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let (_p, addr) = start(&cfg).await;
+    let upgrade = |path: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.unwrap().unwrap();
+        (s, String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let (mut s, head) = upgrade("/live/ws").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping through the tunnel").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"ping through the tunnel");
+    let (_s, head) = upgrade("/other/ws").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "no upgrade where the route does not allow it: {head}");
+}
+
+#[tokio::test]
+async fn connection_limit_closes_the_extra_connection() {
+    let b = Backend::start("b", Proto::Http1).await;
+    let mut l = plain_listener("web");
+    l.max_connections = 2;
+    let cfg = config(vec![l], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let metrics = Metrics::new(None);
+    let proxy = Proxy::start(&cfg, no_rules(), metrics.clone()).await.unwrap();
+    let addr = proxy.local_addrs()[0].1;
+    let _held: Vec<TcpStream> = vec![TcpStream::connect(addr).await.unwrap(), TcpStream::connect(addr).await.unwrap()];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut out)).await;
+    assert!(out.is_empty(), "the third connection is closed without an answer");
+    assert!(metrics.render().contains("rule=\"max_connections\""));
+    drop(_held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(addr, "/").await.status, StatusCode::OK, "a freed slot is usable again");
+}
+
+#[tokio::test]
+async fn metrics_show_requests_decisions_and_upstream_health() {
+    let a = Backend::start("a", Proto::Http1).await;
+    let cfg = config(vec![plain_listener("web")], vec![route("r", "/api", 0)], vec![pool("p", vec![endpoint(&a), dead_endpoint()])]);
+    let metrics = Metrics::new(None);
+    let proxy = Proxy::start(&cfg, no_rules(), metrics.clone()).await.unwrap();
+    let addr = proxy.local_addrs()[0].1;
+    get(addr, "/api/x").await;
+    get(addr, "/nowhere").await;
+    let text = metrics.render();
+    assert!(text.contains("portcullis_requests_total{route=\"r\",status_class=\"2xx\"} 1"), "{text}");
+    assert!(text.contains("portcullis_decisions_total{phase=\"route\",rule=\"route_not_found\",action=\"deny\"} 1"), "{text}");
+    assert!(text.contains(&format!("portcullis_upstream_healthy{{pool=\"p\",endpoint=\"{}\"}} 1", a.addr)), "{text}");
+}

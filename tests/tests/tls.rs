@@ -378,9 +378,10 @@ fn sslyze() -> Option<PathBuf> {
     None
 }
 
-/// The listener's TLS passes sslyze's Mozilla "intermediate" check (sslyze exits 1 on any
-/// deviation). The CA is handed to sslyze so certificate path validation, part of the check,
-/// can succeed; an ECDSA P-256 certificate for localhost and 127.0.0.1 that lives 90 days.
+/// The proxy's TLS listener (a real `Proxy` with an https listener, not a stand-in) passes
+/// sslyze's Mozilla "intermediate" check (sslyze exits 1 on any deviation). The CA is handed
+/// to sslyze so certificate path validation, part of the check, can succeed; an ECDSA P-256
+/// certificate for localhost and 127.0.0.1 that lives 90 days.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslyze_mozilla_intermediate() {
     let Some(sslyze) = sslyze() else {
@@ -390,8 +391,36 @@ async fn sslyze_mozilla_intermediate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = pki.write_ca(dir.path());
     let leaf = pki.server(&["localhost", "127.0.0.1"]);
-    let tls = listener_tls(vec![leaf.certified_key()], TlsVersion::Tls12);
-    let addr = serve(server_config(&tls).expect("server config")).await;
+    let mut tls = listener_tls(vec![leaf.certified_key()], TlsVersion::Tls12);
+    tls.hsts = Some(portcullis::config::Hsts {
+        max_age: std::time::Duration::from_secs(365 * 86_400),
+        include_subdomains: false,
+        preload: false,
+    });
+    let cfg = portcullis::config::ProxyConfig {
+        listeners: vec![portcullis::config::ListenerConfig {
+            name: "public".into(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            kind: portcullis::config::ListenerKind::Https(tls),
+            proxy_protocol: false,
+            max_connections: 100,
+            handshake_timeout: std::time::Duration::from_secs(5),
+            header_timeout: std::time::Duration::from_secs(5),
+            idle_timeout: std::time::Duration::from_secs(30),
+        }],
+        trusted: Default::default(),
+        routes: vec![],
+        pools: vec![],
+        drain_timeout: std::time::Duration::from_secs(1),
+    };
+    let backstop = portcullis::proxy::backstop::Backstop::new(
+        Arc::new(portcullis::rules::table::compile(&Default::default()).unwrap()),
+        None,
+    );
+    let proxy = portcullis::proxy::Proxy::start(&cfg, backstop, portcullis::metrics::Metrics::new(None))
+        .await
+        .expect("start the proxy");
+    let addr = proxy.local_addrs()[0].1;
 
     // `host:port{ip}`: SNI and certificate name `localhost`, connection to our loopback address.
     let target = format!("localhost:{}{{{}}}", addr.port(), addr.ip());

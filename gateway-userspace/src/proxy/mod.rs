@@ -97,6 +97,22 @@ impl Proxy {
     pub async fn start(cfg: &ProxyConfig, backstop: Backstop, metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
         let acceptors = Arc::new(ArcSwap::from_pointee(acceptors(cfg)?));
         let state = Arc::new(ArcSwap::new(ProxyState::new(cfg, backstop)));
+        let probe_state = state.clone();
+        metrics.set_upstream_probe(Box::new(move || {
+            let current = probe_state.load();
+            current
+                .pools
+                .iter()
+                .flat_map(|p| {
+                    p.endpoints.iter().map(|e| crate::metrics::UpstreamReading {
+                        pool: p.name.clone(),
+                        endpoint: e.endpoint.authority.clone(),
+                        available: e.available(),
+                        outstanding: e.outstanding(),
+                    })
+                })
+                .collect()
+        }));
         let mut proxy = Self {
             state,
             acceptors,
