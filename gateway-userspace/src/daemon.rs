@@ -25,14 +25,25 @@ use crate::proxy::backstop::Backstop;
 use crate::rules::table::{self, CompiledRules};
 
 /// Applies compiled rules to the kernel, logging what happened.
-pub fn apply(kernel: &mut KernelControl, config: &Config, compiled: &CompiledRules) -> anyhow::Result<ReloadOutcome> {
+pub fn apply(
+    kernel: &mut KernelControl,
+    config: &Config,
+    compiled: &CompiledRules,
+) -> anyhow::Result<ReloadOutcome> {
     let started = Instant::now();
     let outcome = kernel
-        .apply(compiled, &config.kernel.interfaces, config.kernel.attach_mode)
+        .apply(
+            compiled,
+            &config.kernel.interfaces,
+            config.kernel.attach_mode,
+        )
         .context("loading the rules into the kernel")?;
     match &outcome {
         ReloadOutcome::Unchanged { generation } => {
-            info!(generation, "kernel rules unchanged; adopted the pinned program")
+            info!(
+                generation,
+                "kernel rules unchanged; adopted the pinned program"
+            )
         }
         ReloadOutcome::Swapped {
             generation,
@@ -75,7 +86,10 @@ struct Daemon {
 
 impl Daemon {
     fn backstop(&self, compiled: Arc<CompiledRules>, config: &Config) -> Backstop {
-        Backstop::new(compiled, config.kernel.enabled.then(|| self.kernel.layout()))
+        Backstop::new(
+            compiled,
+            config.kernel.enabled.then(|| self.kernel.layout()),
+        )
     }
 
     /// The one reload path. On error nothing has changed.
@@ -91,7 +105,9 @@ impl Daemon {
         if config.admin != self.config.admin {
             warn!("admin.listen changed; the admin endpoint keeps its address until a restart");
         }
-        let compiled = Arc::new(table::compile(&config.rules).context("compiling the kernel rules")?);
+        let compiled =
+            Arc::new(table::compile(&config.rules).context("compiling the kernel rules")?);
+        let rule_diff = self.config.rules.diff(&config.rules);
         // Proxy first half: TLS and new sockets, which can fail without changing anything.
         let prepared = match &self.proxy {
             Some(p) => Some(p.prepare(&config.proxy).await?),
@@ -104,7 +120,8 @@ impl Daemon {
         match (&mut self.proxy, prepared) {
             (Some(p), Some(prepared)) => p.commit(&config.proxy, prepared, backstop),
             _ if !config.proxy.listeners.is_empty() => {
-                self.proxy = Some(Proxy::start(&config.proxy, backstop, self.metrics.clone()).await?);
+                self.proxy =
+                    Some(Proxy::start(&config.proxy, backstop, self.metrics.clone()).await?);
             }
             _ => {}
         }
@@ -113,11 +130,17 @@ impl Daemon {
             config.proxy.listeners.len(),
             config.proxy.routes.len(),
             config.proxy.pools.len(),
-            config.rules.allow.len() + config.rules.deny.iter().map(|d| d.prefixes.len()).sum::<usize>()
+            config.rules.allow.len()
+                + config
+                    .rules
+                    .deny
+                    .iter()
+                    .map(|d| d.prefixes.len())
+                    .sum::<usize>()
                 + config.rules.geo.as_ref().map_or(0, |g| g.networks.len()),
         );
         self.config = config;
-        info!(config = %self.path.display(), %summary, "configuration reloaded");
+        info!(config = %self.path.display(), %summary, kernel_rules = %rule_diff, "configuration reloaded");
         Ok(summary)
     }
 
@@ -126,7 +149,12 @@ impl Daemon {
         let result = self.reload().await;
         notify_systemd("READY=1");
         let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.reloads.get_or_create(&ResultLabels { result: label.into() }).inc();
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabels {
+                result: label.into(),
+            })
+            .inc();
         result.map_err(|e| {
             let text = format!("{e:#}");
             error!(%trigger, error = %text, "reload refused; the previous configuration stays in force");
@@ -152,7 +180,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let config = d.config.clone();
         apply(&mut d.kernel, &config, &compiled)?;
     } else {
-        warn!("kernel layer disabled in the config: no XDP filtering; the userspace backstop still applies");
+        warn!(
+            "kernel layer disabled in the config: no XDP filtering; the userspace backstop still applies"
+        );
     }
     if !d.config.proxy.listeners.is_empty() {
         let backstop = d.backstop(compiled, &d.config.clone());
