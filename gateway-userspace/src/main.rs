@@ -194,6 +194,14 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 s.table_bytes() / 1024,
                 s.decisions
             );
+            let p = &loaded.proxy;
+            println!(
+                "proxy: {} listeners, {} routes, {} pools; admin endpoint {}",
+                p.listeners.len(),
+                p.routes.len(),
+                p.pools.len(),
+                loaded.admin.listen.map_or("off".to_string(), |a| a.to_string())
+            );
             Ok(())
         }
         Command::Schema => {
