@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod proxy;

@@ -1,0 +1,5 @@
+//! Identity phase (issue 4, in progress): token validation and API keys as libraries. They are
+//! not yet wired into the request path, the config or the CLI.
+
+pub mod api_keys;
+pub mod jwt;
