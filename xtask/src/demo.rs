@@ -7,17 +7,21 @@
 //! pcdemo-client --veth-- pcdemo-gateway (Portcullis, XDP on the client side) --veth-- pcdemo-backend
 //! ```
 //!
-//! writes a small country database and a config, starts `portcullis run` in the gateway
-//! namespace, and makes real HTTP requests from chosen client addresses to a tiny server in the
-//! backend namespace (the gateway only routes for now; the proxy comes later). Allowed clients
-//! are answered; the denied range and the geo-blocked country are dropped by XDP; a ban drops a
-//! client until it expires; the counters say why; the filter outlives the process.
+//! writes a small country database, a test PKI and a config, starts `portcullis run` in the
+//! gateway namespace, and makes real HTTP requests from chosen client addresses to a tiny server
+//! in the backend namespace, routed through the gateway. Allowed clients are answered; the
+//! denied range and the geo-blocked country are dropped by XDP; a ban drops a client until it
+//! expires; the counters say why. Then the same clients go through the proxy: HTTPS to the
+//! gateway, TLS verified against the demo CA, proxied to the backend, which echoes the
+//! forwarding headers it received; an unknown path gets a problem document; the admin endpoint
+//! shows readiness and metrics. Last, the filter outlives the process.
 //!
 //! Everything the demo creates (namespaces and their veths, the pins under its own pin root,
 //! the gateway process, the temporary directory) is owned by a guard that removes it on drop,
 //! so it goes on success, on error and on Ctrl-C: the signal only sets a flag that the demo
 //! checks between steps, which then returns an error and lets the guards run.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -33,9 +37,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::kernel::{self, Counters, PinLayout};
 use portcullis_tests::mmdb_writer::MmdbBuilder;
+use portcullis_tests::pki::TestPki;
+use rustls::pki_types::ServerName;
+use rustls::{ProtocolVersion, RootCertStore};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio_rustls::TlsConnector;
 
 /// The demo's own pin root, so it never touches a real installation's pins.
 const PIN_ROOT: &str = "/sys/fs/bpf/portcullis-demo";
@@ -60,6 +73,24 @@ const GW_BACKEND_V6: &str = "fd00:20::1";
 const BACKEND_V4: &str = "10.20.0.2";
 const BACKEND_V6: &str = "fd00:20::2";
 const HTTP_PORT: u16 = 80;
+const HTTPS_PORT: u16 = 443;
+
+/// The proxy's admin endpoint, on the loopback of the gateway namespace.
+const ADMIN: &str = "127.0.0.1:9901";
+/// The name on the gateway's certificate, which clients ask for by SNI and in the request.
+const SERVER_NAME: &str = "gateway.demo";
+const LISTENER_V4: &str = "public-v4";
+const LISTENER_V6: &str = "public-v6";
+const POOL: &str = "demo-backend";
+const ROUTE: &str = "api";
+const ROUTE_PATH: &str = "/api";
+/// Forwarding headers a client writes about itself; the proxy must believe neither.
+const SPOOFED_XFF: &str = "203.0.113.7";
+const SPOOFED_ID: &str = "chosen-by-the-client";
+/// The whole HTTPS exchange, handshake included, once connected.
+const HTTPS_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the listeners send by default (`max_age = "365d"`).
+const HSTS: &str = "max-age=31536000";
 
 /// Short, so each dropped connection costs the demo one second.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -104,6 +135,7 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     let mut demo = Demo {
         bin: bin.to_path_buf(),
         checks: Checks::default(),
+        subject: String::new(),
     };
     let result = demo.walk_through();
     // The guards inside walk_through have removed everything by now, also on error.
@@ -128,6 +160,8 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
 struct Demo {
     bin: PathBuf,
     checks: Checks,
+    /// What the facts [`verify`](Self::verify) checks are about, for the summary of failures.
+    subject: String,
 }
 
 impl Demo {
@@ -135,7 +169,8 @@ impl Demo {
     /// process, the pins, the backend, the namespaces, the files) however this returns.
     fn walk_through(&mut self) -> anyhow::Result<()> {
         println!("Portcullis demo: the XDP layer drops denied, geo-blocked and banned clients");
-        println!("before they reach the network stack. Everything below runs in network");
+        println!("before they reach the network stack; the proxy terminates TLS for the rest and");
+        println!("forwards their requests to the backend. Everything below runs in network");
         println!("namespaces this demo creates and removes again.");
 
         heading("1. Topology");
@@ -145,7 +180,9 @@ impl Demo {
         print_topology();
 
         heading("2. Configuration");
-        let config = write_config(dir.path())?;
+        // A CA of its own: the gateway's certificate chains to it, the clients trust only it.
+        let pki = TestPki::new("demo");
+        let config = write_config(dir.path(), &pki)?;
         self.check_config(&config)?;
         // Before the start, so the pins go even if the process dies half-way through loading.
         let pins = Pins;
@@ -163,7 +200,13 @@ impl Demo {
         println!();
         self.must(&["stats", "--pin-root", PIN_ROOT])?;
 
-        heading("4. Protection survives the process");
+        heading("4. HTTPS through the proxy");
+        self.through_the_proxy(&pki.roots(), &mut gateway)?;
+
+        heading("5. The admin endpoint");
+        self.admin_endpoint()?;
+
+        heading("6. Protection survives the process");
         println!("  The program, its maps and the XDP link are pinned in bpffs ({PIN_ROOT}),");
         println!(
             "  so they outlive `portcullis run`: a crash or a restart does not open the gate."
@@ -171,7 +214,7 @@ impl Demo {
         self.survives_the_process(&mut gateway)?;
         self.detach()?;
 
-        heading("5. Clean-up");
+        heading("7. Clean-up");
         drop(gateway);
         drop(pins);
         drop(backend);
@@ -239,6 +282,300 @@ impl Demo {
         self.answered(&ORDINARY, "the ban has expired", COUNTER_NO_RULE)
     }
 
+    /// HTTPS from the clients to the proxy on the gateway, which forwards `/api` to the backend.
+    fn through_the_proxy(
+        &mut self,
+        roots: &Arc<RootCertStore>,
+        gateway: &mut Gateway,
+    ) -> anyhow::Result<()> {
+        println!(
+            "  The gateway also terminates TLS, on {GW_CLIENT_V4}:{HTTPS_PORT} and [{GW_CLIENT_V6}]:{HTTPS_PORT}, and"
+        );
+        println!(
+            "  forwards https://{SERVER_NAME}{ROUTE_PATH}/... to the backend (route `{ROUTE}`, pool `{POOL}`)."
+        );
+        println!("  The clients trust only the demo CA, ask for {SERVER_NAME} by SNI and offer");
+        println!("  ALPN h2 and http/1.1, like a browser. The backend answers with the forwarding");
+        println!("  headers it received.");
+
+        // The client claims another address and picks its own request id. It is no trusted
+        // proxy, so the proxy believes neither: the backend must see the real client and the
+        // proxy's own id.
+        let spoofed = [
+            ("x-forwarded-for", SPOOFED_XFF),
+            ("x-request-id", SPOOFED_ID),
+        ];
+        if let Some(reply) = self.https(&ORDINARY, "/api/hello", &spoofed, roots)? {
+            self.proxied(&ORDINARY, &reply, true);
+        }
+        if let Some(reply) = self.https(&ORDINARY_V6, "/api/hello", &[], roots)? {
+            self.proxied(&ORDINARY_V6, &reply, false);
+        }
+        if let Some(reply) = self.https(&ORDINARY, "/wp-login.php", &[], roots)? {
+            self.not_found(&reply);
+        }
+        self.handshake_dropped(
+            &IN_SE,
+            "geo-blocked: SE; the proxy never sees it",
+            COUNTER_GEO,
+        )?;
+
+        println!();
+        println!("  The gateway's access log, one JSON line per request:");
+        for line in gateway.new_log_lines() {
+            println!("  | {line}");
+        }
+        Ok(())
+    }
+
+    /// `GET https://gateway.demo<path>` from `client` to the proxy, with `headers` added; prints
+    /// the exchange like `curl -v`. `None` (and a failed check) when nothing usable came back.
+    fn https(
+        &mut self,
+        client: &Client,
+        path: &str,
+        headers: &[(&str, &str)],
+        roots: &Arc<RootCertStore>,
+    ) -> anyhow::Result<Option<HttpsReply>> {
+        interrupt::check()?;
+        let src: IpAddr = client.addr.parse()?;
+        let dst = proxy_address(src);
+        let roots = Arc::clone(roots);
+        let started = Instant::now();
+        let result = in_netns(NS_CLIENT, move || {
+            https_request(src, dst, path, headers, roots)
+        })?;
+        let took = started.elapsed();
+
+        println!();
+        println!(
+            "  {} ({}): GET https://{SERVER_NAME}{path}, connecting to {dst}",
+            client.addr, client.about
+        );
+        self.subject = format!("{}: GET https://{SERVER_NAME}{path}: ", client.addr);
+        let reply = match result {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                self.verify(
+                    false,
+                    "the connection",
+                    "established",
+                    "no answer; the connect timed out",
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                self.verify(false, "the exchange", "a response", &format!("{e:#}"));
+                return Ok(None);
+            }
+        };
+        println!(
+            "    * {}, ALPN {}, certificate for {SERVER_NAME} verified against the demo CA",
+            reply.tls, reply.alpn
+        );
+        println!("    > GET {path} {}", http_version(reply.version));
+        for (name, value) in headers {
+            println!("    > {name}: {value}");
+        }
+        println!(
+            "    < {} {} (in {} ms)",
+            http_version(reply.version),
+            reply.status,
+            took.as_millis()
+        );
+        for name in [
+            header::STRICT_TRANSPORT_SECURITY.as_str(),
+            "x-request-id",
+            header::CONTENT_TYPE.as_str(),
+        ] {
+            if let Some(value) = reply.header(name) {
+                println!("    < {name}: {value}");
+            }
+        }
+        println!("    <");
+        for line in reply.pretty_body().lines() {
+            println!("    | {line}");
+        }
+        Ok(Some(reply))
+    }
+
+    /// Checks a request the proxy forwarded to the backend for `client`. With `spoofed`, the
+    /// client had sent its own X-Forwarded-For and X-Request-Id.
+    fn proxied(&mut self, client: &Client, reply: &HttpsReply, spoofed: bool) {
+        let tls = format!("{}, ALPN {}", reply.tls, reply.alpn);
+        self.verify(tls == "TLS 1.3, ALPN h2", "TLS", "TLS 1.3, ALPN h2", &tls);
+        let from_backend = reply.body.starts_with("hello from the backend");
+        let status = format!(
+            "{}{}",
+            reply.status,
+            if from_backend {
+                " from the backend"
+            } else {
+                ""
+            }
+        );
+        self.verify(
+            reply.status == StatusCode::OK && from_backend,
+            "status",
+            "200 OK from the backend",
+            &status,
+        );
+        let hsts = reply.header(header::STRICT_TRANSPORT_SECURITY.as_str());
+        self.verify(
+            hsts == Some(HSTS),
+            "strict-transport-security",
+            HSTS,
+            hsts.unwrap_or("none"),
+        );
+        let xff = echoed(&reply.body, "x-forwarded-for");
+        let expected = if spoofed {
+            format!("{}, the real client (not {SPOOFED_XFF})", client.addr)
+        } else {
+            format!("{}, the real client", client.addr)
+        };
+        self.verify(
+            xff == Some(client.addr),
+            "x-forwarded-for at the backend",
+            &expected,
+            xff.unwrap_or("none"),
+        );
+        let id = reply.header("x-request-id");
+        let at_backend = echoed(&reply.body, "x-request-id");
+        let fresh = id.is_some_and(|id| id != SPOOFED_ID && !id.is_empty());
+        let got = match (id, at_backend) {
+            (Some(a), Some(b)) if a == b => format!("{a} at both"),
+            (a, b) => format!(
+                "{} in the response, {} at the backend",
+                a.unwrap_or("none"),
+                b.unwrap_or("none")
+            ),
+        };
+        let expected = if spoofed {
+            format!("the proxy's own (not {SPOOFED_ID}), the same at the backend")
+        } else {
+            "the proxy's own, the same at the backend".to_string()
+        };
+        self.verify(fresh && id == at_backend, "x-request-id", &expected, &got);
+    }
+
+    /// Checks the answer to a path no route matches: a problem document from the proxy itself.
+    fn not_found(&mut self, reply: &HttpsReply) {
+        let content_type = reply.header(header::CONTENT_TYPE.as_str());
+        let got = format!("{} {}", reply.status, content_type.unwrap_or("(no type)"));
+        self.verify(
+            reply.status == StatusCode::NOT_FOUND
+                && content_type == Some("application/problem+json"),
+            "answer",
+            "404 Not Found application/problem+json",
+            &got,
+        );
+        let problem: Option<serde_json::Value> = serde_json::from_str(&reply.body).ok();
+        let in_body = problem
+            .as_ref()
+            .and_then(|p| p.get("request_id"))
+            .and_then(serde_json::Value::as_str);
+        let id = reply.header("x-request-id");
+        self.verify(
+            in_body.is_some() && in_body == id,
+            "request_id in the body",
+            "the response's x-request-id",
+            &format!(
+                "{} (header {})",
+                in_body.unwrap_or("none"),
+                id.unwrap_or("none")
+            ),
+        );
+    }
+
+    /// The admin endpoint, fetched from inside the gateway namespace.
+    fn admin_endpoint(&mut self) -> anyhow::Result<()> {
+        println!("  /live, /ready, /metrics, bans and reload on {ADMIN}: loopback in the gateway");
+        println!("  namespace, so no client can reach it.");
+        println!();
+        self.subject = "admin endpoint: ".to_string();
+        let ready = admin_get("/ready", "")?;
+        let (ok, got) = match &ready {
+            Outcome::Answered { status, body } => (
+                status.starts_with("HTTP/1.1 200 ") && body.trim() == "ready",
+                format!("{status} {:?}", body.trim()),
+            ),
+            other => (false, other.describe(Duration::ZERO)),
+        };
+        self.verify(ok, "/ready", "HTTP/1.1 200 OK \"ready\"", &got);
+
+        println!();
+        let wanted = [
+            "portcullis_requests_total",
+            "portcullis_kernel_packets_total{verdict=\"drop\"",
+        ];
+        let metrics = admin_get(
+            "/metrics",
+            r#" | grep -E '^portcullis_(requests_total|kernel_packets_total\{verdict="drop")' | sort"#,
+        )?;
+        let text = match &metrics {
+            Outcome::Answered { status, body } if status.starts_with("HTTP/1.1 200 ") => body,
+            Outcome::Answered { status, .. } => {
+                self.verify(false, "/metrics", "HTTP/1.1 200 OK", status);
+                return Ok(());
+            }
+            other => {
+                let got = other.describe(Duration::ZERO);
+                self.verify(false, "/metrics", "HTTP/1.1 200 OK", &got);
+                return Ok(());
+            }
+        };
+        // Sorted: the exposition's order within a family is not stable.
+        let mut shown: Vec<&str> = text
+            .lines()
+            .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+            .collect();
+        shown.sort_unstable();
+        for line in shown {
+            println!("    {line}");
+        }
+        let value = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .unwrap_or("none")
+                .to_string()
+        };
+        let ok_2xx = value(&format!(
+            "portcullis_requests_total{{route=\"{ROUTE}\",status_class=\"2xx\"}}"
+        ));
+        self.verify(
+            ok_2xx == "2",
+            &format!("2xx on route `{ROUTE}`"),
+            "2 (IPv4 and IPv6)",
+            &ok_2xx,
+        );
+        let unrouted = value("portcullis_requests_total{route=\"-\",status_class=\"4xx\"}");
+        self.verify(
+            unrouted == "1",
+            "4xx without a route",
+            "1 (the 404)",
+            &unrouted,
+        );
+        let geo = value("portcullis_kernel_packets_total{verdict=\"drop\",reason=\"geo:SE\"}");
+        let pinned = read_counter(COUNTER_GEO)?.to_string();
+        self.verify(
+            geo == pinned,
+            "kernel drops for geo:SE",
+            &format!("{pinned}, as `portcullis stats` reads them"),
+            &geo,
+        );
+        Ok(())
+    }
+
+    /// Prints and records one checked fact.
+    fn verify(&mut self, ok: bool, what: &str, expected: &str, got: &str) {
+        println!("    {} {what}: expected {expected}; got {got}", mark(ok));
+        let subject = &self.subject;
+        self.checks.record(
+            ok,
+            &format!("{subject}{what}: expected {expected}, got {got}"),
+        );
+    }
+
     fn survives_the_process(&mut self, gateway: &mut Gateway) -> anyhow::Result<()> {
         println!("  $ kill -TERM {}", gateway.child.id());
         let status = gateway.stop()?;
@@ -304,19 +641,57 @@ impl Demo {
         expect: Expect,
         counter: Option<&str>,
     ) -> anyhow::Result<()> {
-        interrupt::check()?;
         let src: IpAddr = client.addr.parse()?;
         let dst = backend_address(src);
+        let action = format!("GET http://{dst}/");
+        self.judge(client, &action, expect, counter, move || request(src, dst))
+    }
+
+    /// Opens a TCP connection to the proxy from `client`, which XDP should drop before the
+    /// handshake completes, and checks that `counter` went up.
+    fn handshake_dropped(
+        &mut self,
+        client: &Client,
+        why: &'static str,
+        counter: &str,
+    ) -> anyhow::Result<()> {
+        let src: IpAddr = client.addr.parse()?;
+        let dst = proxy_address(src);
+        let action = format!("TCP connect to the proxy, {dst}");
+        let attempt = move || match connect(src, dst) {
+            Ok(None) => Outcome::NoAnswer,
+            Ok(Some(_)) => Outcome::Connected,
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        self.judge(
+            client,
+            &action,
+            Expect::Dropped(why),
+            Some(counter),
+            attempt,
+        )
+    }
+
+    /// Runs `attempt` in the client namespace; checks its outcome and that `counter` went up.
+    fn judge(
+        &mut self,
+        client: &Client,
+        action: &str,
+        expect: Expect,
+        counter: Option<&str>,
+        attempt: impl FnOnce() -> Outcome + Send,
+    ) -> anyhow::Result<()> {
+        interrupt::check()?;
         let before = counter.map(read_counter).transpose()?;
         let started = Instant::now();
-        let outcome = in_netns(NS_CLIENT, move || request(src, dst))?;
+        let outcome = in_netns(NS_CLIENT, attempt)?;
         let took = started.elapsed();
         let after = counter.map(read_counter).transpose()?;
         let ok = expect.met_by(&outcome) && before.zip(after).is_none_or(|(b, a)| a > b);
 
         let who = format!("{} ({})", client.addr, client.about);
         println!();
-        println!("  {} {who}: GET http://{dst}/", mark(ok));
+        println!("  {} {who}: {action}", mark(ok));
         println!("         expected: {}", expect.describe());
         println!("         got:      {}", outcome.describe(took));
         if let (Some(name), Some(before), Some(after)) = (counter, before, after) {
@@ -369,8 +744,9 @@ fn print_topology() {
     }
     println!("      | veth {IF_CLIENT} <-> {IF_GW_CLIENT}   (Portcullis attaches XDP here)");
     println!(
-        "  {NS_GATEWAY}    {GW_CLIENT_V4}, {GW_CLIENT_V6}; routes between clients and backend"
+        "  {NS_GATEWAY}    {GW_CLIENT_V4}, {GW_CLIENT_V6}; routes between clients and backend,"
     );
+    println!("                    and proxies HTTPS on port {HTTPS_PORT} (step 4)");
     println!("      | veth {IF_GW_BACKEND} <-> {IF_BACKEND}");
     println!(
         "  {NS_BACKEND}    HTTP server on {BACKEND_V4}:{HTTP_PORT} and [{BACKEND_V6}]:{HTTP_PORT}"
@@ -411,6 +787,8 @@ enum Outcome {
     },
     /// The connect timed out: nothing came back.
     NoAnswer,
+    /// The TCP handshake completed (and nothing more was tried).
+    Connected,
     Failed(String),
 }
 
@@ -424,34 +802,47 @@ impl Outcome {
                 "no answer; connect timed out after {:.1} s",
                 took.as_secs_f64()
             ),
+            Outcome::Connected => format!("the TCP handshake completed in {} ms", took.as_millis()),
             Outcome::Failed(e) => format!("error: {e}"),
         }
     }
 }
 
-/// One HTTP/1.1 request over a TCP connection made from `src` (run inside the client netns).
-fn request(src: IpAddr, dst: SocketAddr) -> Outcome {
-    let attempt = || -> io::Result<Option<String>> {
-        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
-        // std's TcpStream cannot choose its source address; the client's identity is its source.
-        socket.bind(&SocketAddr::new(src, 0).into())?;
-        match socket.connect_timeout(&dst.into(), CONNECT_TIMEOUT) {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
+/// A TCP connection from `src` to `dst`, made in the calling thread's namespace; `None` when
+/// the connect timed out.
+fn connect(src: IpAddr, dst: SocketAddr) -> io::Result<Option<TcpStream>> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    // std's TcpStream cannot choose its source address; the client's identity is its source.
+    socket.bind(&SocketAddr::new(src, 0).into())?;
+    match socket.connect_timeout(&dst.into(), CONNECT_TIMEOUT) {
+        Ok(()) => Ok(Some(TcpStream::from(socket))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Ok(None)
         }
-        let mut stream = TcpStream::from(socket);
+        Err(e) => Err(e),
+    }
+}
+
+/// `GET /` from the backend over a TCP connection made from `src` (run inside the client netns).
+fn request(src: IpAddr, dst: SocketAddr) -> Outcome {
+    get(src, dst, "backend", "/")
+}
+
+/// One plain HTTP/1.1 `GET path` over a new TCP connection from `src` to `dst`.
+fn get(src: IpAddr, dst: SocketAddr, host: &str, path: &str) -> Outcome {
+    let attempt = || -> io::Result<Option<String>> {
+        let Some(mut stream) = connect(src, dst)? else {
+            return Ok(None);
+        };
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         write!(
             stream,
-            "GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
         )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
@@ -468,6 +859,162 @@ fn request(src: IpAddr, dst: SocketAddr) -> Outcome {
         }
         Err(e) => Outcome::Failed(e.to_string()),
     }
+}
+
+/// `GET http://ADMIN<path>` from inside the gateway namespace; prints the body (`shown` is
+/// the shell filter the printed command claims, for /metrics).
+fn admin_get(path: &str, shown: &str) -> anyhow::Result<Outcome> {
+    interrupt::check()?;
+    println!("  $ nsenter --net=/var/run/netns/{NS_GATEWAY} curl -s http://{ADMIN}{path}{shown}");
+    let dst: SocketAddr = ADMIN.parse()?;
+    let outcome = in_netns(NS_GATEWAY, move || get(dst.ip(), dst, ADMIN, path))?;
+    if let (Outcome::Answered { body, .. }, "") = (&outcome, shown) {
+        for line in body.lines() {
+            println!("    {line}");
+        }
+    }
+    Ok(outcome)
+}
+
+/// What the demo's HTTPS client got back.
+struct HttpsReply {
+    /// The negotiated protocol version, as `TLS 1.3`.
+    tls: String,
+    /// The negotiated ALPN protocol, or `none`.
+    alpn: String,
+    version: Version,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl HttpsReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body, with a JSON one pretty-printed.
+    fn pretty_body(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or_else(|| self.body.clone())
+    }
+}
+
+/// One HTTPS `GET https://gateway.demo<path>` from `src` to the proxy at `dst` (run inside the
+/// client namespace), verifying the certificate against `roots` only. `None` when the connect
+/// timed out.
+fn https_request(
+    src: IpAddr,
+    dst: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    roots: Arc<RootCertStore>,
+) -> anyhow::Result<Option<HttpsReply>> {
+    let Some(tcp) = connect(src, dst)? else {
+        return Ok(None);
+    };
+    // A runtime on this thread: every socket stays in this thread's namespace.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        tokio::time::timeout(HTTPS_TIMEOUT, https_exchange(tcp, path, headers, roots))
+            .await
+            .map_err(|_| anyhow!("no response within {} s", HTTPS_TIMEOUT.as_secs()))?
+            .map(Some)
+    })
+}
+
+/// The TLS handshake (SNI gateway.demo, ALPN h2 then http/1.1), one request, the whole response.
+async fn https_exchange(
+    tcp: TcpStream,
+    path: &str,
+    headers: &[(&str, &str)],
+    roots: Arc<RootCertStore>,
+) -> anyhow::Result<HttpsReply> {
+    tcp.set_nonblocking(true)?;
+    let tcp = tokio::net::TcpStream::from_std(tcp)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Both versions offered, as a browser would: the server's choice is what the demo shows.
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER_NAME)?, tcp)
+        .await
+        .context("TLS handshake")?;
+    let session = tls.get_ref().1;
+    let tls_version = match session.protocol_version() {
+        Some(ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
+        Some(ProtocolVersion::TLSv1_2) => "TLS 1.2".to_string(),
+        other => format!("{other:?}"),
+    };
+    let alpn = session
+        .alpn_protocol()
+        .map_or("none".into(), |p| String::from_utf8_lossy(p).into_owned());
+    let h2 = alpn == "h2";
+
+    // h2 carries the host in the request's authority, HTTP/1.1 in a Host header.
+    let mut request = if h2 {
+        Request::get(format!("https://{SERVER_NAME}{path}"))
+    } else {
+        Request::get(path).header(header::HOST, SERVER_NAME)
+    };
+    for (name, value) in headers {
+        request = request.header(*name, HeaderValue::from_str(value)?);
+    }
+    let request = request.body(Empty::<Bytes>::new())?;
+    let io = TokioIo::new(tls);
+    let response = if h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    };
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(HttpsReply {
+        tls: tls_version,
+        alpn,
+        version: parts.version,
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// `HTTP/2`, as curl writes it, or `HTTP/1.1`.
+fn http_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// The value of a `name: value` line in the backend's answer (see [`answer`]).
+fn echoed<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+}
+
+/// The proxy's listener in the family of `src`.
+fn proxy_address(src: IpAddr) -> SocketAddr {
+    let ip = if src.is_ipv4() {
+        GW_CLIENT_V4
+    } else {
+        GW_CLIENT_V6
+    };
+    SocketAddr::new(ip.parse().expect("a constant address"), HTTPS_PORT)
 }
 
 fn backend_address(src: IpAddr) -> SocketAddr {
@@ -502,8 +1049,9 @@ impl Checks {
     }
 }
 
-/// Writes the country database and the config into `dir`; returns the config's path.
-fn write_config(dir: &Path) -> anyhow::Result<PathBuf> {
+/// Writes the country database, the CA certificate, the gateway's certificate and key, and the
+/// config into `dir`; returns the config's path.
+fn write_config(dir: &Path, pki: &TestPki) -> anyhow::Result<PathBuf> {
     // Networks as in MaxMind's test data, so the addresses match what the docs quote.
     let mut db = MmdbBuilder::new(6, "GeoIP2-Country").alias_ipv4_mapped(true);
     db.insert("81.2.69.0/24".parse()?, "GB");
@@ -511,6 +1059,10 @@ fn write_config(dir: &Path) -> anyhow::Result<PathBuf> {
     db.insert("2001:218::/32".parse()?, "JP");
     db.write_to(&dir.join("countries.mmdb"))
         .context("writing the country database")?;
+    // ca.crt is what a client would be given (`curl --cacert`); the demo's client holds it in
+    // memory. The certificate names the host and both of the gateway's client-facing addresses.
+    pki.write_ca(dir);
+    pki.write_server(dir, "gateway", &[SERVER_NAME, GW_CLIENT_V4, GW_CLIENT_V6]);
 
     let config = format!(
         r#"# Written by `cargo xtask demo`.
@@ -535,6 +1087,37 @@ unknown = "pass"
 
 [log]
 format = "json"
+
+# The proxy: TLS on the gateway's client-facing addresses, /api to the backend.
+[admin]
+listen = "{ADMIN}"   # loopback of the gateway namespace
+
+[[listeners]]
+name = "{LISTENER_V4}"
+bind = "{GW_CLIENT_V4}:{HTTPS_PORT}"
+protocol = "https"
+
+[listeners.tls]
+# Issued by the demo CA (ca.crt) for {SERVER_NAME}, {GW_CLIENT_V4} and {GW_CLIENT_V6}.
+certificates = [{{ cert = "gateway.crt", key = "gateway.key" }}]
+
+[[listeners]]
+name = "{LISTENER_V6}"
+bind = "[{GW_CLIENT_V6}]:{HTTPS_PORT}"
+protocol = "https"
+
+[listeners.tls]
+certificates = [{{ cert = "gateway.crt", key = "gateway.key" }}]
+
+[[pools]]
+name = "{POOL}"
+endpoints = ["{BACKEND_V4}:{HTTP_PORT}"]
+
+[[routes]]
+name = "{ROUTE}"
+hosts = ["{SERVER_NAME}"]
+path = "{ROUTE_PATH}"   # and everything below it; any other path is 404
+pool = "{POOL}"
 "#,
         management = MANAGEMENT.addr
     );
@@ -673,7 +1256,8 @@ impl Topology {
         }
         wire_clients()?;
         wire_backend()?;
-        // The gateway is a router for now (the proxy comes in a later issue).
+        // The gateway routes the clients' plain requests to the backend; the proxy's requests
+        // to the backend are its own connections and need no forwarding.
         sysctl(
             NS_GATEWAY,
             &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
@@ -858,8 +1442,9 @@ fn serve(listener: &TcpListener, stop: &AtomicBool) {
     }
 }
 
-/// Reads the request head and answers 200 with the client address the backend saw (routed,
-/// not translated: the backend sees the real client).
+/// Reads the request head and answers 200 with the address the backend saw (routed, not
+/// translated: the real client; proxied: the gateway) and, one per line, the forwarding headers
+/// it received (a proxied request has them, a routed one none).
 fn answer(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -872,13 +1457,33 @@ fn answer(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let body = format!("hello from the backend, {}\n", peer.ip().to_canonical());
+    let mut body = format!("hello from the backend, {}\n", peer.ip().to_canonical());
+    let head = String::from_utf8_lossy(&head);
+    let fields: Vec<(String, &str)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim()))
+        .collect();
+    for wanted in ECHOED {
+        for (_, value) in fields.iter().filter(|(name, _)| name == wanted) {
+            let _ = writeln!(body, "{wanted}: {value}");
+        }
+    }
     write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
 }
+
+/// Request headers the backend echoes: the ones the proxy sets.
+const ECHOED: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-request-id",
+];
 
 /// Removes everything under the demo's pin root on drop (detaching the XDP link first).
 struct Pins;

@@ -2,6 +2,7 @@
 //! are `cargo xtask demo` and `cargo xtask test`; both run the idempotent set-up first.
 
 mod bench;
+mod bench_proxy;
 mod demo;
 
 use std::path::{Path, PathBuf};

