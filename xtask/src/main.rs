@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench kernel`. The README's two commands
+//! Project tasks: `cargo xtask setup | test | demo | bench kernel | bench proxy`. The README's two commands
 //! are `cargo xtask demo` and `cargo xtask test`; both run the idempotent set-up first.
 
 mod bench;
