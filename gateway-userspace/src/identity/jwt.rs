@@ -1,1 +1,0 @@
-//! JWT validation (stub).
