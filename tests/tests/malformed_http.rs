@@ -205,14 +205,3 @@ async fn conflicting_framing_never_reaches_a_backend_as_two_requests() {
     eprintln!("{checked} payloads with both Content-Length and Transfer-Encoding checked");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
-
-#[tokio::test]
-async fn debug_dump() {
-    let Some(all) = cases("llhttp-request-cases.jsonl") else { return };
-    let Ok(want) = std::env::var("DUMP") else { return };
-    let (_proxy, addr, _b) = gateway().await;
-    for c in all.iter().filter(|c| c.title == want) {
-        let (_, text) = exchange_raw(addr, &c.raw).await;
-        eprintln!("{:?}\n---\n{text}", String::from_utf8_lossy(&c.raw));
-    }
-}
