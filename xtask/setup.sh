@@ -92,4 +92,18 @@ if ! "$venv/bin/python" -m pip show sslyze 2>/dev/null | grep -x "Version: $ssly
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "sslyze==$sslyze_version"
 fi
+# 5. The real OpenID provider for the OIDC tests (tests/oidc, oidc-provider from npm) on the
+#    machine's Node 20. `npm ci` installs exactly package-lock.json; it runs again only when the
+#    lock file changed since the last install (its SHA-256 is kept in node_modules).
+oidc_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/oidc"
+oidc_stamp="$oidc_dir/node_modules/.portcullis-lock-sha256"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_install nodejs npm
+fi
+oidc_sha="$(sha256sum "$oidc_dir/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$oidc_stamp" 2>/dev/null || true)" != "$oidc_sha" ]; then
+  say "installing the test OpenID provider (npm ci --prefix tests/oidc)"
+  npm ci --prefix "$oidc_dir" --no-audit --no-fund --loglevel=error
+  printf '%s\n' "$oidc_sha" >"$oidc_stamp"
+fi
 say "ready"

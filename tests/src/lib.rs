@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod mmdb_writer;
 pub mod netns;
+pub mod oidc;
 pub mod packets;
 pub mod pins;
 pub mod pki;

@@ -3,3 +3,5 @@
 
 pub mod api_keys;
 pub mod jwt;
+pub mod oidc;
+pub mod mtls;

@@ -1,0 +1,563 @@
+//! OpenID Connect provider client (issue 4, "OpenID Connect providers"): discovery, JWKS fetch
+//! and a key cache that token validation reads without locking.
+//!
+//! - **Discovery.** `GET <issuer>/.well-known/openid-configuration`; the document's `issuer` must
+//!   equal the configured one byte for byte (OpenID Connect Discovery §4.3), else the provider
+//!   is refused: a mismatch means we would accept tokens from someone else.
+//! - **Cache.** The parsed [`KeySet`] lives in an [`ArcSwap`]: validation takes a snapshot, a
+//!   refresh swaps in a new set. A failed refresh keeps the old set, so cached keys keep serving
+//!   while the provider is unreachable.
+//! - **Timer refresh** ([`OidcProvider::spawn_refresh`]) every `Cache-Control: max-age` of the
+//!   JWKS response, clamped to [`OidcConfig::min_refresh`]..[`OidcConfig::max_refresh`]
+//!   (default 60 s..24 h; [`OidcConfig::default_refresh`] without a max-age). Until the first
+//!   successful load, and after a failure, it retries every [`OidcConfig::retry_interval`].
+//! - **Unknown `kid`.** A token naming a `kid` we do not have triggers one JWKS refetch and a
+//!   second validation. Refetches are single-flight (concurrent misses wait for one fetch) and
+//!   rate-limited (at most one per [`OidcConfig::unknown_kid_interval`], default 10 s), so tokens
+//!   with random `kid`s cannot make us flood the provider.
+//! - **Start-up.** [`Readiness::NotReady`] until keys first load; tokens are refused meanwhile.
+//!
+//! Transport: one HTTP/1.1 connection per fetch (hyper's connection API; fetches are rare, so a
+//! pool would only hold idle sockets). Every fetch has a 5 s deadline and a 1 MiB body limit.
+//! `http://` is accepted only for loopback hosts (tests, sidecars); anything else must be
+//! `https://` with a configured CA bundle ([`OidcConfig::ca_roots`]): there is no built-in web
+//! PKI root store in this build (no network access to fetch one, and no implicit trust).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
+use rustls_pki_types::ServerName;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+
+use crate::identity::jwt::{Claims, JwksError, JwtError, KeySet, ValidationPolicy};
+
+/// Largest discovery or JWKS response read, in bytes.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Deadline of one fetch: connect, TLS, request and the whole body.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach and refresh one provider.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The exact issuer (`iss`); discovery is `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Roots for `https://` URLs. Without it only loopback `http://` URLs are accepted.
+    pub ca_roots: Option<Arc<RootCertStore>>,
+    /// Shortest timer refresh interval, whatever `max-age` says (default 60 s).
+    pub min_refresh: Duration,
+    /// Longest timer refresh interval (default 24 h).
+    pub max_refresh: Duration,
+    /// Timer refresh interval when the JWKS response has no `max-age` (default 5 min).
+    pub default_refresh: Duration,
+    /// Retry interval of the timer while no keys are loaded or after a failed refresh
+    /// (default 5 s).
+    pub retry_interval: Duration,
+    /// At most one unknown-`kid` refetch per this interval (default 10 s).
+    pub unknown_kid_interval: Duration,
+    /// Deadline of one fetch (default [`FETCH_TIMEOUT`]).
+    pub timeout: Duration,
+}
+
+impl OidcConfig {
+    /// The defaults for an issuer.
+    pub fn new(issuer: impl Into<String>) -> Self {
+        OidcConfig {
+            issuer: issuer.into(),
+            ca_roots: None,
+            min_refresh: Duration::from_secs(60),
+            max_refresh: Duration::from_secs(24 * 3600),
+            default_refresh: Duration::from_secs(300),
+            retry_interval: Duration::from_secs(5),
+            unknown_kid_interval: Duration::from_secs(10),
+            timeout: FETCH_TIMEOUT,
+        }
+    }
+
+    /// The discovery document's URL.
+    pub fn discovery_url(&self) -> String {
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        )
+    }
+
+    /// The timer interval after a JWKS response with this `max-age`.
+    pub fn refresh_interval(&self, max_age: Option<Duration>) -> Duration {
+        max_age
+            .unwrap_or(self.default_refresh)
+            .clamp(self.min_refresh, self.max_refresh.max(self.min_refresh))
+    }
+}
+
+/// Why a provider could not be loaded, or a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidcError {
+    /// Not an absolute `http(s)://host[:port]/...` URL.
+    #[error("invalid URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+    /// `http://` to a host that is not loopback: keys must not travel unauthenticated.
+    #[error("plain http is allowed only to loopback hosts, not {0:?}; use https with a CA bundle")]
+    InsecureUrl(String),
+    /// `https://` without [`OidcConfig::ca_roots`].
+    #[error("{0:?} is https but no CA bundle is configured (there are no built-in roots)")]
+    NoCaBundle(String),
+    /// Connection, TLS or HTTP failure.
+    #[error("fetching {url}: {reason}")]
+    Fetch { url: String, reason: String },
+    /// A status other than 200.
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    /// More than [`MAX_RESPONSE_BYTES`].
+    #[error("{0}: response larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge(String),
+    /// The fetch did not finish within [`OidcConfig::timeout`].
+    #[error("{0}: timed out")]
+    Timeout(String),
+    /// The discovery document is not JSON or lacks a string `issuer` or `jwks_uri`.
+    #[error("discovery document: {0}")]
+    Discovery(&'static str),
+    /// The discovered issuer is not exactly the configured one.
+    #[error("discovered issuer {found:?} differs from the configured {expected:?}")]
+    IssuerMismatch { expected: String, found: String },
+    /// The JWKS was refused as a whole.
+    #[error("JWKS: {0}")]
+    Jwks(#[from] JwksError),
+    /// No keys loaded yet (start-up while the provider is down): every token is refused.
+    #[error("provider keys not loaded yet")]
+    NotReady,
+    /// The token failed validation.
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+}
+
+/// Whether a provider has keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Keys loaded at least once.
+    Ready,
+    /// No successful load yet: tokens are refused.
+    NotReady,
+}
+
+/// One OpenID provider: its key cache and the way to refresh it. Cheap to clone.
+#[derive(Clone)]
+pub struct OidcProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: OidcConfig,
+    discovery: Uri,
+    tls: Option<TlsConnector>,
+    keys: ArcSwap<KeySet>,
+    ready: AtomicBool,
+    /// Bumped on every successful key store, so a waiter can tell another flight has already
+    /// refreshed the keys.
+    generation: AtomicU64,
+    /// JWKS fetch attempts (for tests and metrics).
+    fetches: AtomicU64,
+    /// The `jwks_uri` from discovery, once known.
+    jwks_uri: std::sync::Mutex<Option<Uri>>,
+    /// Held during an unknown-`kid` refetch (single flight); holds the time of the last one
+    /// (rate limit).
+    kid_refetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for OidcProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcProvider")
+            .field("issuer", &self.inner.config.issuer)
+            .field("readiness", &self.readiness())
+            .field("keys", &self.inner.keys.load().len())
+            .finish()
+    }
+}
+
+impl OidcProvider {
+    /// A provider with no keys yet ([`Readiness::NotReady`]). Checks the discovery URL against
+    /// the transport rules; fetches nothing.
+    pub fn new(config: OidcConfig) -> Result<Self, OidcError> {
+        let discovery = check_url(&config.discovery_url(), config.ca_roots.is_some())?;
+        let tls = config.ca_roots.as_ref().map(|roots| {
+            let upstream = crate::config::UpstreamTls {
+                roots: Arc::clone(roots),
+                ca_file: Default::default(),
+                server_name: None,
+            };
+            TlsConnector::from(crate::proxy::tls::upstream_client_config(
+                Some(&upstream),
+                &[b"http/1.1"],
+            ))
+        });
+        Ok(OidcProvider {
+            inner: Arc::new(Inner {
+                config,
+                discovery,
+                tls,
+                keys: ArcSwap::from_pointee(KeySet::default()),
+                ready: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+                fetches: AtomicU64::new(0),
+                jwks_uri: std::sync::Mutex::new(None),
+                kid_refetch: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The configured issuer.
+    pub fn issuer(&self) -> &str {
+        &self.inner.config.issuer
+    }
+
+    /// Whether keys have loaded.
+    pub fn readiness(&self) -> Readiness {
+        if self.inner.ready.load(Ordering::Acquire) {
+            Readiness::Ready
+        } else {
+            Readiness::NotReady
+        }
+    }
+
+    /// The current key set (empty before the first load).
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.inner.keys.load_full()
+    }
+
+    /// JWKS fetch attempts so far, successful or not.
+    pub fn fetch_count(&self) -> u64 {
+        self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Discovery, then the JWKS. On success the keys are swapped in and the provider is ready;
+    /// returns the timer interval until the next refresh. On failure the cached keys stay.
+    pub async fn refresh(&self) -> Result<Duration, OidcError> {
+        let jwks_uri = self.discover().await?;
+        self.load_jwks(&jwks_uri).await
+    }
+
+    /// Starts the refresh timer on the current tokio runtime: a first load now, then one per
+    /// [`OidcConfig::refresh_interval`], or per [`OidcConfig::retry_interval`] after a failure.
+    /// Abort the handle to stop it.
+    pub fn spawn_refresh(&self) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = match this.refresh().await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::warn!(issuer = %this.issuer(), error = %e, "OIDC key refresh failed; cached keys stay in use");
+                        this.inner.config.retry_interval
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+
+    /// Validates a token against the cached keys; on an unknown `kid`, refetches the JWKS
+    /// (single-flight, rate-limited) and tries once more.
+    pub async fn validate(
+        &self,
+        token: &str,
+        policy: &ValidationPolicy,
+    ) -> Result<Claims, OidcError> {
+        if self.readiness() == Readiness::NotReady {
+            return Err(OidcError::NotReady);
+        }
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        match crate::identity::jwt::validate(token, &self.keys(), policy, SystemTime::now()) {
+            Err(JwtError::UnknownKid) => {}
+            other => return other.map_err(OidcError::from),
+        }
+        self.refetch_for_unknown_kid(generation).await;
+        crate::identity::jwt::validate(token, &self.keys(), policy, SystemTime::now())
+            .map_err(OidcError::from)
+    }
+
+    /// One JWKS refetch after a `kid` miss seen at key `generation`, unless another flight has
+    /// refreshed the keys since or the last refetch is younger than the rate-limit interval.
+    /// Returns whether this call fetched.
+    pub async fn refetch_for_unknown_kid(&self, generation: u64) -> bool {
+        // Waiting on this lock is the single flight: concurrent misses queue behind the one
+        // fetching and then find the keys already refreshed (or the window closed).
+        let mut last = self.inner.kid_refetch.lock().await;
+        if self.inner.generation.load(Ordering::Acquire) != generation {
+            return false;
+        }
+        if last.is_some_and(|t| t.elapsed() < self.inner.config.unknown_kid_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        let known = self.jwks_uri();
+        let result = match known {
+            Some(uri) => self.load_jwks(&uri).await,
+            None => self.refresh().await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(issuer = %self.issuer(), error = %e, "OIDC JWKS refetch for an unknown kid failed");
+        }
+        true
+    }
+
+    fn jwks_uri(&self) -> Option<Uri> {
+        match self.inner.jwks_uri.lock() {
+            Ok(g) => g.clone(),
+            // A panic while holding this lock cannot leave the Option half-written.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    async fn discover(&self) -> Result<Uri, OidcError> {
+        let (body, _) = self.get(&self.inner.discovery).await?;
+        let doc: Value =
+            serde_json::from_slice(&body).map_err(|_| OidcError::Discovery("not JSON"))?;
+        let issuer = doc
+            .get("issuer")
+            .and_then(Value::as_str)
+            .ok_or(OidcError::Discovery("no issuer string"))?;
+        if issuer != self.inner.config.issuer {
+            return Err(OidcError::IssuerMismatch {
+                expected: self.inner.config.issuer.clone(),
+                found: issuer.to_owned(),
+            });
+        }
+        let jwks = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or(OidcError::Discovery("no jwks_uri string"))?;
+        let uri = check_url(jwks, self.inner.tls.is_some())?;
+        let mut slot = match self.inner.jwks_uri.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Some(uri.clone());
+        Ok(uri)
+    }
+
+    async fn load_jwks(&self, uri: &Uri) -> Result<Duration, OidcError> {
+        self.inner.fetches.fetch_add(1, Ordering::Relaxed);
+        let (body, max_age) = self.get(uri).await?;
+        let set = crate::identity::jwt::parse_jwks(&body)?;
+        self.inner.keys.store(Arc::new(set));
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.ready.store(true, Ordering::Release);
+        Ok(self.inner.config.refresh_interval(max_age))
+    }
+
+    /// GET with the deadline; returns the body and the `Cache-Control: max-age`.
+    async fn get(&self, uri: &Uri) -> Result<(Bytes, Option<Duration>), OidcError> {
+        match tokio::time::timeout(self.inner.config.timeout, self.get_inner(uri)).await {
+            Ok(r) => r,
+            Err(_) => Err(OidcError::Timeout(uri.to_string())),
+        }
+    }
+
+    async fn get_inner(&self, uri: &Uri) -> Result<(Bytes, Option<Duration>), OidcError> {
+        let url = uri.to_string();
+        let fetch_err = |reason: String| OidcError::Fetch {
+            url: url.clone(),
+            reason,
+        };
+        // check_url guaranteed a host and a scheme.
+        let host = uri.host().unwrap_or_default();
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = TcpStream::connect((bare_host, port))
+            .await
+            .map_err(|e| fetch_err(format!("connect: {e}")))?;
+        let request = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(header::HOST, uri.authority().map_or(host, |a| a.as_str()))
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, "portcullis")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| fetch_err(format!("request: {e}")))?;
+        let response = if https {
+            let Some(tls) = &self.inner.tls else {
+                return Err(OidcError::NoCaBundle(url));
+            };
+            let name = ServerName::try_from(bare_host.to_owned())
+                .map_err(|e| fetch_err(format!("server name: {e}")))?;
+            let stream = tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| fetch_err(format!("TLS: {e}")))?;
+            send(TokioIo::new(stream), request).await
+        } else {
+            send(TokioIo::new(tcp), request).await
+        }
+        .map_err(|e| fetch_err(format!("HTTP: {e}")))?;
+        if response.status() != StatusCode::OK {
+            return Err(OidcError::Status {
+                url,
+                status: response.status().as_u16(),
+            });
+        }
+        let max_age = response
+            .headers()
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_max_age);
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    OidcError::TooLarge(url.clone())
+                } else {
+                    fetch_err(format!("body: {e}"))
+                }
+            })?
+            .to_bytes();
+        Ok((body, max_age))
+    }
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    request: Request<Empty<Bytes>>,
+) -> hyper::Result<http::Response<hyper::body::Incoming>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    // The connection task ends with the response body (or an error); nothing to join.
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(request).await
+}
+
+/// `max-age` of one `Cache-Control` value (`no-store`/`no-cache` read as zero, which the
+/// refresh bounds lift to the minimum interval).
+pub fn parse_max_age(value: &str) -> Option<Duration> {
+    value.split(',').map(str::trim).find_map(|directive| {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        let secs = lower.strip_prefix("max-age=")?.trim_matches('"');
+        secs.parse::<u64>().ok().map(Duration::from_secs)
+    })
+}
+
+/// Parses a URL and applies the transport rules: `https` needs a CA bundle, `http` only to
+/// loopback hosts.
+pub fn check_url(url: &str, have_ca: bool) -> Result<Uri, OidcError> {
+    let bad = |reason| OidcError::BadUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(bad("user info is not allowed"));
+    }
+    match uri.scheme_str() {
+        Some("https") if have_ca => Ok(uri),
+        Some("https") => Err(OidcError::NoCaBundle(url.to_owned())),
+        Some("http") if is_loopback(host) => Ok(uri),
+        Some("http") => Err(OidcError::InsecureUrl(url.to_owned())),
+        _ => Err(bad("scheme must be http or https")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_rules() {
+        assert!(check_url("http://127.0.0.1:8080/x", false).is_ok());
+        assert!(check_url("http://[::1]:8080/x", false).is_ok());
+        assert!(check_url("http://localhost/x", false).is_ok());
+        assert!(matches!(
+            check_url("http://idp.example.com/x", true),
+            Err(OidcError::InsecureUrl(_))
+        ));
+        assert!(matches!(
+            check_url("https://idp.example.com/x", false),
+            Err(OidcError::NoCaBundle(_))
+        ));
+        assert!(check_url("https://idp.example.com/x", true).is_ok());
+        assert!(matches!(
+            check_url("ftp://127.0.0.1/x", true),
+            Err(OidcError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            check_url("http://u:p@127.0.0.1/x", true),
+            Err(OidcError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            check_url("/relative", true),
+            Err(OidcError::BadUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn new_refuses_insecure_issuer() {
+        let err = OidcProvider::new(OidcConfig::new("http://idp.example.com")).unwrap_err();
+        assert!(matches!(err, OidcError::InsecureUrl(_)));
+        let p = OidcProvider::new(OidcConfig::new("http://127.0.0.1:1")).unwrap();
+        assert_eq!(p.readiness(), Readiness::NotReady);
+        assert!(p.keys().is_empty());
+    }
+
+    #[test]
+    fn max_age_parsing() {
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(parse_max_age("Max-Age=\"7\""), Some(Duration::from_secs(7)));
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("public"), None);
+        assert_eq!(parse_max_age("max-age=-1"), None);
+    }
+
+    #[test]
+    fn refresh_interval_is_bounded() {
+        let c = OidcConfig::new("http://127.0.0.1");
+        assert_eq!(c.refresh_interval(None), Duration::from_secs(300));
+        assert_eq!(
+            c.refresh_interval(Some(Duration::ZERO)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            c.refresh_interval(Some(Duration::from_secs(3600))),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            c.refresh_interval(Some(Duration::from_secs(10 * 86400))),
+            Duration::from_secs(86400)
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_provider_stays_not_ready() {
+        // Port 1 on loopback: nothing listens there, so the connect is refused at once.
+        let p = OidcProvider::new(OidcConfig::new("http://127.0.0.1:1")).unwrap();
+        assert!(matches!(p.refresh().await, Err(OidcError::Fetch { .. })));
+        assert_eq!(p.readiness(), Readiness::NotReady);
+        let policy = ValidationPolicy::new("http://127.0.0.1:1", vec!["a".into()]);
+        assert_eq!(p.validate("a.b.c", &policy).await, Err(OidcError::NotReady));
+    }
+}
