@@ -2,6 +2,7 @@
 //! not yet wired into the request path, the config or the CLI.
 
 pub mod api_keys;
+mod encoding;
 pub mod jwt;
 pub mod oidc;
 pub mod mtls;

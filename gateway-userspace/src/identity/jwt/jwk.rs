@@ -1,6 +1,6 @@
 //! JWK sets (RFC 7517) reduced to verification-ready public keys, with hygiene checks.
 
-use super::encoding::{b64url_decode, json_object};
+use crate::identity::encoding::{b64url_decode, json_object};
 use ring::signature;
 use serde_json::{Map, Value};
 use std::fmt;

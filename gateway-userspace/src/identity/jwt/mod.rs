@@ -9,7 +9,6 @@
 //! algorithm we support (RS/PS 256-512 with 2048-8192-bit keys, ES256, ES384, EdDSA) and cannot
 //! express `none` or HMAC-with-a-public-key, which removes whole attack classes by construction.
 
-mod encoding;
 mod jwk;
 
 pub use jwk::{
@@ -235,10 +234,10 @@ pub fn verify_signature(
         return Err(JwtError::Malformed("not three segments"));
     };
     let bad_b64 = JwtError::Malformed("segment is not unpadded base64url");
-    let header_bytes = encoding::b64url_decode(h64).ok_or(bad_b64.clone())?;
-    let payload = encoding::b64url_decode(p64).ok_or(bad_b64.clone())?;
-    let sig = encoding::b64url_decode(s64).ok_or(bad_b64)?;
-    let h = encoding::json_object(&header_bytes)
+    let header_bytes = super::encoding::b64url_decode(h64).ok_or(bad_b64.clone())?;
+    let payload = super::encoding::b64url_decode(p64).ok_or(bad_b64.clone())?;
+    let sig = super::encoding::b64url_decode(s64).ok_or(bad_b64)?;
+    let h = super::encoding::json_object(&header_bytes)
         .ok_or(JwtError::Malformed("header is not a JSON object"))?;
     if h.contains_key("crit") {
         return Err(JwtError::Crit);
@@ -324,7 +323,7 @@ pub fn validate(
     {
         return Err(JwtError::Typ);
     }
-    let map = encoding::json_object(&payload)
+    let map = super::encoding::json_object(&payload)
         .ok_or(JwtError::Malformed("payload is not a JSON object"))?;
 
     let now = match now.duration_since(UNIX_EPOCH) {

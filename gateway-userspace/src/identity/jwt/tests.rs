@@ -1,7 +1,7 @@
 //! Tests: tokens minted here with `ring`, conformance vectors from `PORTCULLIS_TESTDATA`, and a
 //! property test.
 
-use super::encoding::{b64url_decode, b64url_encode};
+use crate::identity::encoding::{b64url_decode, b64url_encode};
 use super::*;
 use ring::rand::SystemRandom;
 use ring::signature::{self as sig, KeyPair};

@@ -1,4 +1,5 @@
-//! Strict base64url (RFC 4648 §5, no padding) and JSON objects without duplicate members.
+//! Strict base64url (RFC 4648 §5, no padding) and JSON objects without duplicate members,
+//! shared by the identity modules (JWT, API keys, mTLS).
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
@@ -6,7 +7,7 @@ use serde_json::{Map, Value};
 /// Decodes unpadded base64url. Refuses `=`, whitespace, any byte outside the URL-safe alphabet,
 /// an impossible length (4n+1) and non-zero unused trailing bits, so every byte string has exactly
 /// one accepted encoding.
-pub(crate) fn b64url_decode(input: &[u8]) -> Option<Vec<u8>> {
+pub fn b64url_decode(input: &[u8]) -> Option<Vec<u8>> {
     fn val(c: u8) -> Option<u32> {
         match c {
             b'A'..=b'Z' => Some(u32::from(c - b'A')),
@@ -47,9 +48,8 @@ pub(crate) fn b64url_decode(input: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Encodes unpadded base64url (used by the tests and by callers building test tokens).
-#[cfg(test)]
-pub(crate) fn b64url_encode(input: &[u8]) -> String {
+/// Encodes unpadded base64url: API keys, RFC 8705 certificate thumbprints, test tokens.
+pub fn b64url_encode(input: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for c in input.chunks(3) {

@@ -1,0 +1,593 @@
+//! Where an access token comes from, claims-based authorization rules per route and method, and
+//! claims copied to the backend as request headers (issue 4).
+//!
+//! Pure library code: nothing here is wired into the proxy's request path, the config or the CLI
+//! yet. The rules work on the validated claims ([`Claims`]); every function also has a form that
+//! takes the payload object (`&Map<String, Value>`, what [`Claims::as_map`] returns), which is
+//! what the tests use.
+//!
+//! Nothing here formats a token or a claim value: [`ExtractError`] and [`Denied`] name the source,
+//! the claim and the rule, never what the client sent. See `docs/authorization.md`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde_json::{Map, Value};
+
+use super::jwt::Claims;
+
+// ---------------------------------------------------------------------------------------------
+// Token extraction
+// ---------------------------------------------------------------------------------------------
+
+/// One place a client may present its access token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>` (RFC 6750 §2.1).
+    Bearer,
+    /// The whole value of a named request header (e.g. `X-Access-Token`).
+    Header(HeaderName),
+    /// A query parameter (RFC 6750 §2.3, e.g. `access_token`), percent-decoded.
+    Query(String),
+    /// A cookie, by name (RFC 6265 `Cookie` header).
+    Cookie(String),
+}
+
+impl TokenSource {
+    /// A short name for logs: `bearer`, `header`, `query` or `cookie`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenSource::Bearer => "bearer",
+            TokenSource::Header(_) => "header",
+            TokenSource::Query(_) => "query",
+            TokenSource::Cookie(_) => "cookie",
+        }
+    }
+}
+
+impl fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::Bearer => f.write_str("Authorization: Bearer"),
+            TokenSource::Header(h) => write!(f, "header `{h}`"),
+            TokenSource::Query(q) => write!(f, "query parameter `{q}`"),
+            TokenSource::Cookie(c) => write!(f, "cookie `{c}`"),
+        }
+    }
+}
+
+/// Why no token could be taken from a request. Never carries the token or any header value; all
+/// of these are `invalid_request` in RFC 6750 terms (HTTP 400 or 401).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    /// More than one `Authorization` header.
+    #[error("more than one Authorization header")]
+    DuplicateAuthorization,
+    /// `Authorization: Bearer` with no token, more than one token, or characters outside token68.
+    #[error("malformed Bearer credentials in the Authorization header")]
+    MalformedBearer,
+    /// The named header appears more than once.
+    #[error("header `{0}` appears more than once")]
+    DuplicateHeader(HeaderName),
+    /// The header's value is not visible ASCII, is empty, or contains whitespace.
+    #[error("header `{0}` does not hold a well-formed token")]
+    MalformedHeader(HeaderName),
+    /// The query parameter appears more than once.
+    #[error("query parameter `{0}` appears more than once")]
+    DuplicateQueryParam(String),
+    /// The query parameter is not UTF-8 once percent-decoded, or is empty.
+    #[error("query parameter `{0}` does not hold a well-formed token")]
+    MalformedQueryParam(String),
+    /// The cookie appears more than once.
+    #[error("cookie `{0}` appears more than once")]
+    DuplicateCookie(String),
+    /// The `Cookie` header is not visible ASCII, or the cookie's value is malformed.
+    #[error("cookie `{0}` does not hold a well-formed token")]
+    MalformedCookie(String),
+    /// The token was presented in two places (RFC 6750 §2: clients "MUST NOT use more than one
+    /// method to transmit the token in each request").
+    #[error("a token was presented in more than one place ({first} and {second})")]
+    MoreThanOneMethod {
+        first: &'static str,
+        second: &'static str,
+    },
+}
+
+/// Takes the access token from the request: every configured source is looked at, the first
+/// configured source that is present gives the token, and a token present in two configured
+/// sources is refused ([`ExtractError::MoreThanOneMethod`]). `Ok(None)`: no token anywhere.
+///
+/// `query` is the request's raw query string (without `?`). An `Authorization` header with another
+/// scheme (e.g. `Basic`) is not a bearer token and counts as absent.
+pub fn extract_token<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    sources: &[TokenSource],
+) -> Result<Option<Cow<'a, str>>, ExtractError> {
+    let mut found: Option<(&'static str, Cow<'a, str>)> = None;
+    for source in sources {
+        let token = match source {
+            TokenSource::Bearer => from_bearer(headers)?.map(Cow::Borrowed),
+            TokenSource::Header(name) => from_header(headers, name)?.map(Cow::Borrowed),
+            TokenSource::Query(name) => from_query(query, name)?,
+            TokenSource::Cookie(name) => from_cookie(headers, name)?.map(Cow::Borrowed),
+        };
+        let Some(token) = token else { continue };
+        match &found {
+            None => found = Some((source.kind(), token)),
+            Some((first, _)) => {
+                return Err(ExtractError::MoreThanOneMethod {
+                    first,
+                    second: source.kind(),
+                });
+            }
+        }
+    }
+    Ok(found.map(|(_, token)| token))
+}
+
+/// RFC 6750 §2.1: `credentials = "Bearer" 1*SP b64token`, the scheme case-insensitive.
+fn from_bearer(headers: &HeaderMap) -> Result<Option<&str>, ExtractError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ExtractError::DuplicateAuthorization);
+    }
+    let bytes = value.as_bytes();
+    // The scheme is a token; anything up to the first space.
+    let scheme_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+    if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let value = value.to_str().map_err(|_| ExtractError::MalformedBearer)?;
+    let rest = value[scheme_end..].trim_start_matches(' ');
+    if rest.len() == value.len() - scheme_end {
+        // No space after the scheme: `Bearer` alone.
+        return Err(ExtractError::MalformedBearer);
+    }
+    let rest = rest.trim_end_matches([' ', '\t']);
+    if !is_token68(rest) {
+        return Err(ExtractError::MalformedBearer);
+    }
+    Ok(Some(rest))
+}
+
+/// `token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="` (RFC 9110 §11.2).
+fn is_token68(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+fn from_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ExtractError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ExtractError::DuplicateHeader(name.clone()));
+    }
+    let malformed = || ExtractError::MalformedHeader(name.clone());
+    let value = value.to_str().map_err(|_| malformed())?.trim_matches([' ', '\t']);
+    if value.is_empty() || value.bytes().any(|b| b == b' ' || b == b'\t') {
+        return Err(malformed());
+    }
+    Ok(Some(value))
+}
+
+fn from_query<'a>(query: Option<&'a str>, param: &str) -> Result<Option<Cow<'a, str>>, ExtractError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let mut found: Option<Cow<'a, str>> = None;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // A parameter whose name does not decode cannot be ours.
+        let Some(name) = form_decode(name) else {
+            continue;
+        };
+        if name != param {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ExtractError::DuplicateQueryParam(param.to_owned()));
+        }
+        let value = form_decode(value).ok_or_else(|| ExtractError::MalformedQueryParam(param.to_owned()))?;
+        if value.is_empty() {
+            return Err(ExtractError::MalformedQueryParam(param.to_owned()));
+        }
+        found = Some(value);
+    }
+    Ok(found)
+}
+
+/// One `application/x-www-form-urlencoded` component (RFC 6750 §2.3 uses that encoding): `+` is a
+/// space, `%XX` a byte, a `%` without two hex digits stays as it is. `None` when not UTF-8.
+fn form_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => match (
+                bytes.get(i + 1).and_then(|&b| hex_value(b)),
+                bytes.get(i + 2).and_then(|&b| hex_value(b)),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi << 4) | lo);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 6265 §4.2.1 / §5.4: `cookie-string = cookie-pair *( ";" SP cookie-pair )`. Every `Cookie`
+/// header is read (HTTP/2 may split it into several). Pairs without `=` are ignored, as user
+/// agents never send them; a value in double quotes is unquoted.
+fn from_cookie<'a>(headers: &'a HeaderMap, cookie: &str) -> Result<Option<&'a str>, ExtractError> {
+    let malformed = || ExtractError::MalformedCookie(cookie.to_owned());
+    let mut found = None;
+    for header in headers.get_all(COOKIE) {
+        let Ok(header) = header.to_str() else {
+            // Not visible ASCII: cannot tell whether our cookie is in there.
+            return Err(malformed());
+        };
+        for pair in header.split(';') {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            if name.trim_matches([' ', '\t']) != cookie {
+                continue;
+            }
+            if found.is_some() {
+                return Err(ExtractError::DuplicateCookie(cookie.to_owned()));
+            }
+            let value = value.trim_matches([' ', '\t']);
+            let value = match value.strip_prefix('"') {
+                Some(v) => v.strip_suffix('"').ok_or_else(malformed)?,
+                None => value,
+            };
+            if value.is_empty() || !value.bytes().all(is_cookie_octet) {
+                return Err(malformed());
+            }
+            found = Some(value);
+        }
+    }
+    Ok(found)
+}
+
+/// `cookie-octet = %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E` (RFC 6265 §4.1.1).
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authorization rules
+// ---------------------------------------------------------------------------------------------
+
+/// How many of a requirement's values must be found in the claim.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Match {
+    /// At least one.
+    #[default]
+    Any,
+    /// Every one.
+    All,
+}
+
+/// How a required value is compared with one value of the claim (both case-sensitive).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Op {
+    /// The claim value is exactly the required value.
+    #[default]
+    Equals,
+    /// The claim value contains the required value as a substring.
+    Contains,
+}
+
+/// One required claim.
+///
+/// The claim's values: a string is one value, or is split by `separator` when one is given
+/// (empty pieces dropped, so `"a  b"` split by `' '` is `a`, `b`); an array gives its elements
+/// (strings as they are, numbers and booleans as their JSON text, each string also split by
+/// `separator`); a number or boolean is its JSON text (`42`, `true`). `null`, an object, or an
+/// array holding either counts as no usable value: the requirement fails.
+///
+/// With no `values`, the requirement only asks for the claim to be present with a usable value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRequirement {
+    /// The claim's name; a dotted path reaches into objects (`realm_access.roles`). A claim whose
+    /// name itself contains dots (`https://example.com/roles`) is found too: at each level the
+    /// longest literal name is tried first.
+    pub claim: String,
+    /// The required values.
+    pub values: Vec<String>,
+    /// Any or all of `values`.
+    pub match_: Match,
+    /// Splits string claim values (`' '` for `scope` and `scp`).
+    pub separator: Option<char>,
+    /// How each value is compared.
+    pub op: Op,
+}
+
+impl ClaimRequirement {
+    /// `claim` must hold any of `values` (equality, no separator).
+    pub fn any_of(claim: impl Into<String>, values: &[&str]) -> Self {
+        Self {
+            claim: claim.into(),
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+            match_: Match::Any,
+            separator: None,
+            op: Op::Equals,
+        }
+    }
+
+    /// `claim` must hold all of `values` (equality, no separator).
+    pub fn all_of(claim: impl Into<String>, values: &[&str]) -> Self {
+        Self {
+            match_: Match::All,
+            ..Self::any_of(claim, values)
+        }
+    }
+
+    /// The same requirement with a separator for string values.
+    pub fn separated_by(self, separator: char) -> Self {
+        Self {
+            separator: Some(separator),
+            ..self
+        }
+    }
+
+    /// The same requirement comparing by substring.
+    pub fn contains(self) -> Self {
+        Self { op: Op::Contains, ..self }
+    }
+
+    /// Checks the requirement against a claims payload.
+    pub fn check(&self, claims: &Map<String, Value>) -> Result<(), DenyReason> {
+        let value = lookup(claims, &self.claim).ok_or(DenyReason::Missing)?;
+        let mut have = Vec::new();
+        if !collect_values(value, self.separator, &mut have) || have.is_empty() {
+            return Err(DenyReason::Unusable);
+        }
+        let matches = |want: &String| {
+            have.iter().any(|h| match self.op {
+                Op::Equals => h == want,
+                Op::Contains => h.contains(want.as_str()),
+            })
+        };
+        let ok = match self.match_ {
+            Match::Any => self.values.is_empty() || self.values.iter().any(matches),
+            Match::All => self.values.iter().all(matches),
+        };
+        if ok { Ok(()) } else { Err(DenyReason::NotMatched) }
+    }
+}
+
+/// Finds a claim by name or dotted path. At each level the whole remaining path is tried as a
+/// literal name first, then splits at each dot from the left.
+fn lookup<'v>(map: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
+    if let Some(v) = map.get(path) {
+        return Some(v);
+    }
+    path.match_indices('.').find_map(|(i, _)| match map.get(&path[..i]) {
+        Some(Value::Object(inner)) => lookup(inner, &path[i + 1..]),
+        _ => None,
+    })
+}
+
+/// Appends the claim's values as text; `false` when the value (or an element) is unusable.
+fn collect_values<'v>(value: &'v Value, separator: Option<char>, out: &mut Vec<Cow<'v, str>>) -> bool {
+    match value {
+        Value::String(s) => {
+            match separator {
+                Some(sep) => out.extend(s.split(sep).filter(|p| !p.is_empty()).map(Cow::Borrowed)),
+                None => out.push(Cow::Borrowed(s)),
+            }
+            true
+        }
+        Value::Number(n) => {
+            out.push(Cow::Owned(n.to_string()));
+            true
+        }
+        Value::Bool(b) => {
+            out.push(Cow::Borrowed(if *b { "true" } else { "false" }));
+            true
+        }
+        Value::Array(items) => items
+            .iter()
+            .all(|item| !matches!(item, Value::Array(_)) && collect_values(item, separator, out)),
+        Value::Null | Value::Object(_) => false,
+    }
+}
+
+/// Requirements that apply to some methods (all methods when `methods` is empty); all must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MethodRule {
+    /// The methods this rule applies to; empty: every method.
+    pub methods: Vec<Method>,
+    /// Every requirement must hold.
+    pub requirements: Vec<ClaimRequirement>,
+}
+
+impl MethodRule {
+    /// Whether the rule applies to a request with this method.
+    pub fn applies_to(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(method)
+    }
+}
+
+/// A route's authorization policy: every rule that applies to the request's method must pass.
+/// An empty policy (or one whose rules all name other methods) allows any validated token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutePolicy {
+    pub rules: Vec<MethodRule>,
+}
+
+impl RoutePolicy {
+    /// Checks validated claims for a request with this method.
+    pub fn authorize(&self, method: &Method, claims: &Claims) -> Result<(), Denied> {
+        self.authorize_map(method, claims.as_map())
+    }
+
+    /// As [`RoutePolicy::authorize`], on the claims payload.
+    pub fn authorize_map(&self, method: &Method, claims: &Map<String, Value>) -> Result<(), Denied> {
+        for (rule_index, rule) in self.rules.iter().enumerate() {
+            if !rule.applies_to(method) {
+                continue;
+            }
+            for (requirement_index, req) in rule.requirements.iter().enumerate() {
+                req.check(claims).map_err(|reason| Denied {
+                    rule: rule_index,
+                    requirement: requirement_index,
+                    claim: req.claim.clone(),
+                    reason,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a requirement failed; never carries the claim's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The claim is absent.
+    Missing,
+    /// The claim is `null`, an object, empty, or an array holding something other than strings,
+    /// numbers and booleans.
+    Unusable,
+    /// The claim's values do not satisfy the requirement.
+    NotMatched,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Missing => "missing",
+            DenyReason::Unusable => "not a string, number, boolean or array of them",
+            DenyReason::NotMatched => "does not hold the required values",
+        }
+    }
+}
+
+/// A failed authorization (HTTP 403, `insufficient_scope` in RFC 6750 terms), for the log: which
+/// rule and requirement, which claim and why; never the claim's values or the token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rule {rule}, requirement {requirement}: claim `{claim}` {}", reason.as_str())]
+pub struct Denied {
+    /// Index of the failed rule in [`RoutePolicy::rules`].
+    pub rule: usize,
+    /// Index of the failed requirement in that rule's `requirements`.
+    pub requirement: usize,
+    /// The claim the requirement names.
+    pub claim: String,
+    pub reason: DenyReason,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Claims to the backend
+// ---------------------------------------------------------------------------------------------
+
+/// A request header set from a claim: the first of `claims` present in the token decides
+/// (`["oid", "sub"]`: `oid`, else `sub`). Claim names may be dotted paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub header: HeaderName,
+    pub claims: Vec<String>,
+}
+
+/// Sets the mapped headers from validated claims.
+///
+/// First removes every copy of every mapped header, whatever the claims hold, so a client can
+/// never supply one. Then, for each mapping, takes the first present claim (not `null`): a string
+/// as it is, a number or boolean as its JSON text, an array of those joined with `", "`. A value
+/// holding a control character (or an object, nested array or `null` element) is skipped: the
+/// header stays absent, and the next claim is not tried, so the header never names a different
+/// identity from the one expected. A later mapping for the same header replaces an earlier one.
+pub fn apply_claim_headers(headers: &mut HeaderMap, mapping: &[ClaimHeader], claims: &Claims) {
+    apply_claim_headers_map(headers, mapping, claims.as_map());
+}
+
+/// As [`apply_claim_headers`], on the claims payload.
+pub fn apply_claim_headers_map(headers: &mut HeaderMap, mapping: &[ClaimHeader], claims: &Map<String, Value>) {
+    for m in mapping {
+        headers.remove(&m.header);
+    }
+    for m in mapping {
+        let Some(value) = m
+            .claims
+            .iter()
+            .find_map(|c| lookup(claims, c).filter(|v| !v.is_null()))
+        else {
+            continue;
+        };
+        if let Some(value) = header_value(value) {
+            headers.insert(m.header.clone(), value);
+        }
+    }
+}
+
+fn header_value(value: &Value) -> Option<HeaderValue> {
+    fn scalar(v: &Value) -> Option<Cow<'_, str>> {
+        match v {
+            Value::String(s) => Some(Cow::Borrowed(s)),
+            Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            _ => None,
+        }
+    }
+    let text = match value {
+        Value::Array(items) => {
+            let parts = items.iter().map(scalar).collect::<Option<Vec<_>>>()?;
+            Cow::Owned(parts.join(", "))
+        }
+        v => scalar(v)?,
+    };
+    if text.is_empty() || text.chars().any(char::is_control) {
+        return None;
+    }
+    HeaderValue::from_str(&text).ok()
+}
+
+/// Removes the `Authorization` header unless it is to be forwarded to the backend.
+pub fn strip_authorization(headers: &mut HeaderMap, forward: bool) {
+    if !forward {
+        headers.remove(AUTHORIZATION);
+    }
+}
+
+#[cfg(test)]
+mod tests;
