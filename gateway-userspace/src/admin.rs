@@ -45,14 +45,24 @@ pub async fn serve(tcp: TcpListener, state: Arc<AdminState>, mut stop: watch::Re
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<Body> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<bytes::Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
-async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n"),
         (&Method::GET, "/ready") => {
@@ -70,7 +80,8 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respon
         (&Method::POST, "/reload") => {
             let (tx, rx) = oneshot::channel();
             let reply = if state.reload.send(tx).await.is_ok() {
-                rx.await.unwrap_or_else(|_| Err("the daemon is stopping".into()))
+                rx.await
+                    .unwrap_or_else(|_| Err("the daemon is stopping".into()))
             } else {
                 Err("the daemon is stopping".into())
             };
@@ -87,13 +98,29 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respon
                 ),
             }
         }
-        (&Method::GET, "/bans") => match state.pins.as_ref().map(|p| Bans::open(p).and_then(|b| b.list())) {
+        (&Method::GET, "/bans") => match state
+            .pins
+            .as_ref()
+            .map(|p| Bans::open(p).and_then(|b| b.list()))
+        {
             Some(Ok(bans)) => {
                 let items: Vec<_> = bans.iter().map(|b| b.to_json()).collect();
-                text(StatusCode::OK, "application/json", serde_json::Value::Array(items).to_string())
+                text(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::Value::Array(items).to_string(),
+                )
             }
-            Some(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
-            None => text(StatusCode::NOT_FOUND, "text/plain", "the kernel layer is disabled\n"),
+            Some(Err(e)) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "the kernel layer is disabled\n",
+            ),
         },
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     };

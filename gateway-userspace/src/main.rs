@@ -200,7 +200,10 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 p.listeners.len(),
                 p.routes.len(),
                 p.pools.len(),
-                loaded.admin.listen.map_or("off".to_string(), |a| a.to_string())
+                loaded
+                    .admin
+                    .listen
+                    .map_or("off".to_string(), |a| a.to_string())
             );
             Ok(())
         }

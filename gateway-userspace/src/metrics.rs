@@ -106,16 +106,56 @@ impl Metrics {
             upstreams: std::sync::RwLock::new(None),
             registry: Registry::default(),
         };
-        registry.register("requests", "Requests answered, by route and status class", m.requests.clone());
-        registry.register("request_duration_seconds", "Time from request to response headers, by route", m.latency.clone());
-        registry.register("decisions", "Gateway decisions by phase, rule and action", m.decisions.clone());
-        registry.register("upstream_healthy", "1 when a backend endpoint receives traffic", m.upstream_healthy.clone());
-        registry.register("upstream_outstanding", "Requests in flight per backend endpoint", m.upstream_outstanding.clone());
-        registry.register("connections_open", "Open client connections by listener", m.connections.clone());
-        registry.register("connections_refused", "Connections closed at accept, by phase and rule", m.connections_refused.clone());
-        registry.register("reloads", "Configuration reloads by result", m.reloads.clone());
-        registry.register("kernel_packets", "Packets judged by the XDP program, by verdict and reason", m.kernel_packets.clone());
-        registry.register("kernel_bytes", "Bytes judged by the XDP program, by verdict and reason", m.kernel_bytes.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by route and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, by route",
+            m.latency.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Gateway decisions by phase, rule and action",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "upstream_healthy",
+            "1 when a backend endpoint receives traffic",
+            m.upstream_healthy.clone(),
+        );
+        registry.register(
+            "upstream_outstanding",
+            "Requests in flight per backend endpoint",
+            m.upstream_outstanding.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Open client connections by listener",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, by phase and rule",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads by result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "kernel_packets",
+            "Packets judged by the XDP program, by verdict and reason",
+            m.kernel_packets.clone(),
+        );
+        registry.register(
+            "kernel_bytes",
+            "Bytes judged by the XDP program, by verdict and reason",
+            m.kernel_bytes.clone(),
+        );
         Arc::new(Self { registry, ..m })
     }
 
@@ -139,7 +179,11 @@ impl Metrics {
                 status_class: class,
             })
             .inc();
-        self.latency.get_or_create(&RouteLabels { route: route.into() }).observe(seconds);
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.into(),
+            })
+            .observe(seconds);
     }
 
     /// Sets where the upstream gauges are read from.
@@ -162,7 +206,9 @@ impl Metrics {
     }
 
     fn refresh_upstreams(&self) {
-        let Ok(probe) = self.upstreams.read() else { return };
+        let Ok(probe) = self.upstreams.read() else {
+            return;
+        };
         let Some(probe) = probe.as_ref() else { return };
         // Endpoints of an older generation disappear from the gauges.
         self.upstream_healthy.clear();
@@ -172,8 +218,12 @@ impl Metrics {
                 pool: r.pool,
                 endpoint: r.endpoint,
             };
-            self.upstream_healthy.get_or_create(&labels).set(i64::from(r.available));
-            self.upstream_outstanding.get_or_create(&labels).set(r.outstanding as i64);
+            self.upstream_healthy
+                .get_or_create(&labels)
+                .set(i64::from(r.available));
+            self.upstream_outstanding
+                .get_or_create(&labels)
+                .set(r.outstanding as i64);
         }
     }
 

@@ -48,7 +48,12 @@ impl Backend {
         Self::start_with("127.0.0.1:0".parse().unwrap(), name, proto, Some(acceptor)).await
     }
 
-    async fn start_with(bind: SocketAddr, name: &str, proto: Proto, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    async fn start_with(
+        bind: SocketAddr,
+        name: &str,
+        proto: Proto,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let tcp = TcpListener::bind(bind).await.expect("bind backend");
         let addr = tcp.local_addr().expect("backend address");
         let requests = Arc::new(AtomicUsize::new(0));
@@ -97,7 +102,12 @@ impl Backend {
 async fn serve_io<I, S>(io: I, svc: S, proto: Proto)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     let _ = match proto {
@@ -115,11 +125,23 @@ where
 
 /// Paths: `/health`, `/status/<code>`, `/delay/<ms>`, `/ws` (a WebSocket-style upgrade that
 /// echoes bytes), anything else echoes the request as JSON.
-async fn answer(name: String, requests: Arc<AtomicUsize>, healthy: Arc<AtomicBool>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    name: String,
+    requests: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/health" {
         let ok = healthy.load(Ordering::Relaxed);
-        return Ok(reply(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, "health".into()));
+        return Ok(reply(
+            if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            "health".into(),
+        ));
     }
     requests.fetch_add(1, Ordering::Relaxed);
     if path.ends_with("/ws") && req.headers().get(http::header::UPGRADE).is_some() {
@@ -133,16 +155,31 @@ async fn answer(name: String, requests: Arc<AtomicUsize>, healthy: Arc<AtomicBoo
         });
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
-        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
         return Ok(resp);
     }
     // `/status/` and `/delay/` work under any route prefix (`/v1/delay/100`).
-    if let Some(code) = path.rsplit_once("/status/").and_then(|(_, c)| c.parse::<u16>().ok()) {
+    if let Some(code) = path
+        .rsplit_once("/status/")
+        .and_then(|(_, c)| c.parse::<u16>().ok())
+    {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-        return Ok(reply(status, format!("{{\"backend\":\"{name}\",\"status\":{code}}}")));
+        return Ok(reply(
+            status,
+            format!("{{\"backend\":\"{name}\",\"status\":{code}}}"),
+        ));
     }
-    if let Some(ms) = path.rsplit_once("/delay/").and_then(|(_, c)| c.parse::<u64>().ok()) {
+    if let Some(ms) = path
+        .rsplit_once("/delay/")
+        .and_then(|(_, c)| c.parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let method = req.method().to_string();
@@ -151,12 +188,20 @@ async fn answer(name: String, requests: Arc<AtomicUsize>, healthy: Arc<AtomicBoo
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
     // A body that fails to arrive whole (the gateway aborted it) is refused, as any real
     // server framework would.
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
-        return Ok(reply(StatusCode::BAD_REQUEST, format!("{{\"backend\":\"{name}\",\"error\":\"incomplete body\"}}")));
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            format!("{{\"backend\":\"{name}\",\"error\":\"incomplete body\"}}"),
+        ));
     };
     let echo = serde_json::json!({
         "backend": name,
@@ -172,6 +217,9 @@ async fn answer(name: String, requests: Arc<AtomicUsize>, healthy: Arc<AtomicBoo
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }

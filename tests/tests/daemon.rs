@@ -15,7 +15,11 @@ use portcullis_tests::backend::{Backend, Proto};
 use portcullis_tests::portcullis_bin;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn write_config(path: &Path, listen: u16, admin: u16, backend: SocketAddr, route_path: &str) {
@@ -104,11 +108,17 @@ impl Drop for Daemon {
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
     (status, body)
 }
 
@@ -135,25 +145,48 @@ async fn admin_endpoint_reloads_access_log_and_drain() {
     let cfg = dir.path().join("portcullis.toml");
     write_config(&cfg, listen, admin, backend.addr, "/v1");
     let mut daemon = Daemon::start(&cfg);
-    tokio::task::spawn_blocking(move || wait_for("readiness", || ready(admin))).await.unwrap();
+    tokio::task::spawn_blocking(move || wait_for("readiness", || ready(admin)))
+        .await
+        .unwrap();
 
-    let (status, _) = tokio::task::spawn_blocking(move || http(listen, "GET", "/v1/items?api_key=s3cret")).await.unwrap();
+    let (status, _) =
+        tokio::task::spawn_blocking(move || http(listen, "GET", "/v1/items?api_key=s3cret"))
+            .await
+            .unwrap();
     assert_eq!(status, 200);
     assert_eq!(http(admin, "GET", "/live").0, 200);
     let (_, metrics) = http(admin, "GET", "/metrics");
-    assert!(metrics.contains("portcullis_requests_total{route=\"app\",status_class=\"2xx\"} 1"), "{metrics}");
-    assert!(metrics.contains("portcullis_request_duration_seconds_bucket"), "latency histograms");
+    assert!(
+        metrics.contains("portcullis_requests_total{route=\"app\",status_class=\"2xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_request_duration_seconds_bucket"),
+        "latency histograms"
+    );
 
     // The access log: one JSON line with the decision, never the query string.
-    wait_for("the access log line", || daemon.log().iter().any(|l| l.contains("portcullis::access")));
-    let line = daemon.log().into_iter().find(|l| l.contains("portcullis::access")).unwrap();
+    wait_for("the access log line", || {
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("portcullis::access"))
+    });
+    let line = daemon
+        .log()
+        .into_iter()
+        .find(|l| l.contains("portcullis::access"))
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON access log line");
     assert_eq!(v["status"], 200);
     assert_eq!(v["route"], "app");
     assert_eq!(v["path"], "/v1/items");
     assert_eq!(v["client_ip"], "127.0.0.1");
     assert!(v["request_id"].as_str().is_some_and(|s| s.len() == 32));
-    assert!(!line.contains("s3cret"), "no query string, no secret in the log");
+    assert!(
+        !line.contains("s3cret"),
+        "no query string, no secret in the log"
+    );
 
     // A broken config is refused by the admin reload; the old one keeps serving.
     std::fs::write(&cfg, "[kernel]\nenabled = false\n[[routes]]\nname = 1\n").unwrap();
@@ -170,15 +203,31 @@ async fn admin_endpoint_reloads_access_log_and_drain() {
     assert_eq!(http(listen, "GET", "/v2/x").0, 200);
     // ...and through a change of the file (polled and debounced).
     write_config(&cfg, listen, admin, backend.addr, "/v3");
-    tokio::task::spawn_blocking(move || wait_for("the file-change reload", || http(listen, "GET", "/v3/x").0 == 200)).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the file-change reload", || {
+            http(listen, "GET", "/v3/x").0 == 200
+        })
+    })
+    .await
+    .unwrap();
     let (_, metrics) = http(admin, "GET", "/metrics");
-    assert!(metrics.contains("portcullis_reloads_total{result=\"error\"} 1"), "{metrics}");
-    assert!(metrics.contains("portcullis_reloads_total{result=\"ok\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_reloads_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
 
     // Graceful drain: a request in flight when SIGTERM arrives still completes.
     let in_flight = tokio::task::spawn_blocking(move || http(listen, "GET", "/v3/delay/700"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = daemon.terminate();
     assert!(status.success(), "{status:?}");
-    assert_eq!(in_flight.await.unwrap().0, 200, "the in-flight request finished during the drain");
+    assert_eq!(
+        in_flight.await.unwrap().0,
+        200,
+        "the in-flight request finished during the drain"
+    );
 }

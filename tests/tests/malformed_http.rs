@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use portcullis::config::{
-    Endpoint, ListenerConfig, ListenerKind, PassiveEjection, PathMatch, PlainMode, PoolConfig, ProxyConfig, RouteConfig, RouteTimeouts,
-    TrustedProxies,
+    Endpoint, ListenerConfig, ListenerKind, PassiveEjection, PathMatch, PlainMode, PoolConfig,
+    ProxyConfig, RouteConfig, RouteTimeouts, TrustedProxies,
 };
 use portcullis::metrics::Metrics;
 use portcullis::proxy::Proxy;
@@ -41,7 +41,9 @@ fn cases(file: &str) -> Option<Vec<Case>> {
                     title: v["title"].as_str().unwrap_or("").to_string(),
                     kind: v["type"].as_str().unwrap_or("").to_string(),
                     error: v["error"].as_str().unwrap_or("").to_string(),
-                    raw: base64::engine::general_purpose::STANDARD.decode(v["raw_b64"].as_str().unwrap_or("")).unwrap(),
+                    raw: base64::engine::general_purpose::STANDARD
+                        .decode(v["raw_b64"].as_str().unwrap_or(""))
+                        .unwrap(),
                     expect: v["expect"].as_str().unwrap_or("").to_string(),
                 }
             })
@@ -97,9 +99,13 @@ async fn gateway() -> (Proxy, std::net::SocketAddr, Backend) {
         }],
         drain_timeout: Duration::from_secs(1),
     };
-    let proxy = Proxy::start(&cfg, Backstop::new(Arc::new(compile(&RuleSet::default()).unwrap()), None), Metrics::new(None))
-        .await
-        .unwrap();
+    let proxy = Proxy::start(
+        &cfg,
+        Backstop::new(Arc::new(compile(&RuleSet::default()).unwrap()), None),
+        Metrics::new(None),
+    )
+    .await
+    .unwrap();
     let addr = proxy.local_addrs()[0].1;
     (proxy, addr, b)
 }
@@ -136,24 +142,47 @@ async fn exchange_raw(addr: std::net::SocketAddr, raw: &[u8]) -> (Vec<u16>, Stri
 /// into two requests at a backend; for them the test asserts exactly that (at most one
 /// request reaches the backend, at most one 2xx answer) instead of a refusal.
 const HYPER_LENIENT: [(&str, &str); 6] = [
-    ("Headers separated by LF", "bare LF accepted as a header line end (RFC 9112 section 2.2)"),
-    ("Empty headers separated by LF", "bare LF accepted as a header line end (RFC 9112 section 2.2)"),
-    ("No extension after semicolon", "an empty chunk extension is ignored"),
-    ("Unbalanced chunk extensions quoting", "chunk extensions are ignored, not parsed"),
-    ("Space after chunk header", "whitespace after the chunk size is tolerated"),
-    ("Chunk data not terminated by CRLF", "`Transfer-Encoding: chunked ` (trailing space) is not taken as chunked; the bytes after the headers are a second, invalid request that closes the connection"),
+    (
+        "Headers separated by LF",
+        "bare LF accepted as a header line end (RFC 9112 section 2.2)",
+    ),
+    (
+        "Empty headers separated by LF",
+        "bare LF accepted as a header line end (RFC 9112 section 2.2)",
+    ),
+    (
+        "No extension after semicolon",
+        "an empty chunk extension is ignored",
+    ),
+    (
+        "Unbalanced chunk extensions quoting",
+        "chunk extensions are ignored, not parsed",
+    ),
+    (
+        "Space after chunk header",
+        "whitespace after the chunk size is tolerated",
+    ),
+    (
+        "Chunk data not terminated by CRLF",
+        "`Transfer-Encoding: chunked ` (trailing space) is not taken as chunked; the bytes after the headers are a second, invalid request that closes the connection",
+    ),
 ];
 
 #[tokio::test]
 async fn llhttp_must_reject_cases_are_rejected() {
-    let Some(all) = cases("llhttp-request-cases.jsonl") else { return };
+    let Some(all) = cases("llhttp-request-cases.jsonl") else {
+        return;
+    };
     let (_proxy, addr, backend) = gateway().await;
     let mut failures = Vec::new();
     let mut checked = 0;
     // llhttp's error 22 is "Pause on CONNECT/Upgrade": the parser pausing to hand the socket
     // over, not a malformed request (an HTTP server may ignore an Upgrade it does not speak,
     // RFC 9110 section 7.8). Those cases are not must-reject.
-    for c in all.iter().filter(|c| c.expect == "reject" && c.kind == "request" && !c.error.starts_with("22:")) {
+    for c in all
+        .iter()
+        .filter(|c| c.expect == "reject" && c.kind == "request" && !c.error.starts_with("22:"))
+    {
         checked += 1;
         let before = backend.served();
         let statuses = exchange(addr, &c.raw).await;
@@ -164,19 +193,31 @@ async fn llhttp_must_reject_cases_are_rejected() {
         let last_is_refusal = statuses.last().is_some_and(|s| (400..500).contains(s));
         let closed_early = ok_answers == served && !statuses.iter().any(|s| (500..600).contains(s));
         let request_lines = String::from_utf8_lossy(&c.raw).matches(" HTTP/1.").count();
-        let rejected = last_is_refusal || (closed_early && ok_answers < request_lines.max(1) && served <= ok_answers);
+        let rejected = last_is_refusal
+            || (closed_early && ok_answers < request_lines.max(1) && served <= ok_answers);
         if let Some((_, why)) = HYPER_LENIENT.iter().find(|(t, _)| *t == c.title) {
             if served > 1 || ok_answers > 1 {
-                failures.push(format!("{:<70} lenient case ({why}) reached the backend as {served} requests", c.title));
+                failures.push(format!(
+                    "{:<70} lenient case ({why}) reached the backend as {served} requests",
+                    c.title
+                ));
             }
             continue;
         }
         if !rejected {
-            failures.push(format!("{:<70} statuses {statuses:?} backend served {served}", c.title));
+            failures.push(format!(
+                "{:<70} statuses {statuses:?} backend served {served}",
+                c.title
+            ));
         }
     }
     eprintln!("{checked} must-reject cases checked");
-    assert!(failures.is_empty(), "{} of {checked} accepted:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} accepted:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -199,7 +240,10 @@ async fn conflicting_framing_never_reaches_a_backend_as_two_requests() {
         let statuses = exchange(addr, &c.raw).await;
         let served = backend.served() - before;
         if served > 1 {
-            failures.push(format!("{:<70} statuses {statuses:?} backend served {served}", c.title));
+            failures.push(format!(
+                "{:<70} statuses {statuses:?} backend served {served}",
+                c.title
+            ));
         }
     }
     eprintln!("{checked} payloads with both Content-Length and Transfer-Encoding checked");

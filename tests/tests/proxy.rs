@@ -15,8 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use portcullis::config::{
-    Balance, ClientIpHeader, Endpoint, HealthCheck, Hsts, HostMatch, ListenerConfig, ListenerKind, PassiveEjection, PathMatch,
-    PlainMode, PoolConfig, ProxyConfig, RouteConfig, RouteTimeouts, TlsConfig, TlsVersion, TrustedProxies, UpstreamProtocol,
+    Balance, ClientIpHeader, Endpoint, HealthCheck, HostMatch, Hsts, ListenerConfig, ListenerKind,
+    PassiveEjection, PathMatch, PlainMode, PoolConfig, ProxyConfig, RouteConfig, RouteTimeouts,
+    TlsConfig, TlsVersion, TrustedProxies, UpstreamProtocol,
 };
 use portcullis::metrics::Metrics;
 use portcullis::proxy::Proxy;
@@ -94,7 +95,11 @@ fn plain_listener(name: &str) -> ListenerConfig {
     }
 }
 
-fn config(listeners: Vec<ListenerConfig>, routes: Vec<RouteConfig>, pools: Vec<PoolConfig>) -> ProxyConfig {
+fn config(
+    listeners: Vec<ListenerConfig>,
+    routes: Vec<RouteConfig>,
+    pools: Vec<PoolConfig>,
+) -> ProxyConfig {
     ProxyConfig {
         listeners,
         trusted: TrustedProxies::default(),
@@ -113,7 +118,9 @@ async fn start(cfg: &ProxyConfig) -> (Proxy, SocketAddr) {
 }
 
 async fn start_with(cfg: &ProxyConfig, backstop: Backstop) -> (Proxy, SocketAddr) {
-    let proxy = Proxy::start(cfg, backstop, Metrics::new(None)).await.expect("start the proxy");
+    let proxy = Proxy::start(cfg, backstop, Metrics::new(None))
+        .await
+        .expect("start the proxy");
     let addr = proxy.local_addrs()[0].1;
     (proxy, addr)
 }
@@ -136,13 +143,24 @@ fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<B
 
 async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
     let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     parts.uri = format!("http://{addr}{pq}").parse().unwrap();
-    let resp = client().request(Request::from_parts(parts, body)).await.expect("request");
+    let resp = client()
+        .request(Request::from_parts(parts, body))
+        .await
+        .expect("request");
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Reply {
@@ -161,21 +179,47 @@ async fn routes_by_path_method_and_host_with_problem_responses() {
     read.methods = vec![Method::GET];
     let mut hosted = route("hosted", "/", 1);
     hosted.hosts = vec![HostMatch::Exact("api.example.com".into())];
-    let cfg = config(vec![plain_listener("web")], vec![hosted, write, read], pools);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![hosted, write, read],
+        pools,
+    );
     let (_p, addr) = start(&cfg).await;
 
     assert_eq!(get(addr, "/orders/1").await.json()["backend"], "a");
-    let r = send(addr, Request::post("/orders").body(Full::from("{}")).unwrap()).await;
+    let r = send(
+        addr,
+        Request::post("/orders").body(Full::from("{}")).unwrap(),
+    )
+    .await;
     assert_eq!(r.json()["backend"], "b");
-    assert_eq!(r.json()["version"], "HTTP/2.0", "an HTTP/1.1 client reaches an h2 backend");
-    let r = send(addr, Request::get("/x").header("host", "API.example.com").body(Full::default()).unwrap()).await;
+    assert_eq!(
+        r.json()["version"],
+        "HTTP/2.0",
+        "an HTTP/1.1 client reaches an h2 backend"
+    );
+    let r = send(
+        addr,
+        Request::get("/x")
+            .header("host", "API.example.com")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.json()["backend"], "b");
 
     let r = get(addr, "/nothing").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.headers["content-type"], "application/problem+json");
-    assert_eq!(r.json()["request_id"].as_str(), r.headers["x-request-id"].to_str().ok());
-    let r = send(addr, Request::delete("/orders").body(Full::default()).unwrap()).await;
+    assert_eq!(
+        r.json()["request_id"].as_str(),
+        r.headers["x-request-id"].to_str().ok()
+    );
+    let r = send(
+        addr,
+        Request::delete("/orders").body(Full::default()).unwrap(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers["allow"], "POST, GET");
 }
@@ -184,7 +228,11 @@ async fn routes_by_path_method_and_host_with_problem_responses() {
 async fn round_robin_and_least_outstanding_spread_the_load() {
     let a = Backend::start("a", Proto::Http1).await;
     let b = Backend::start("b", Proto::Http1).await;
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&a), endpoint(&b)])]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&a), endpoint(&b)])],
+    );
     let (_p, addr) = start(&cfg).await;
     for _ in 0..20 {
         assert_eq!(get(addr, "/").await.status, StatusCode::OK);
@@ -196,7 +244,11 @@ async fn round_robin_and_least_outstanding_spread_the_load() {
     let fast = Backend::start("fast", Proto::Http1).await;
     let mut p = pool("p", vec![endpoint(&slow), endpoint(&fast)]);
     p.balance = Balance::LeastOutstanding;
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![p]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![p],
+    );
     let (_p2, addr) = start(&cfg).await;
     let held = tokio::spawn(async move { get(addr, "/delay/800").await });
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -204,11 +256,22 @@ async fn round_robin_and_least_outstanding_spread_the_load() {
     for _ in 0..6 {
         get(addr, "/").await;
     }
-    let held_backend = held.await.unwrap().json()["backend"].as_str().unwrap().to_string();
+    let held_backend = held.await.unwrap().json()["backend"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let busy = if held_backend == "slow" { &slow } else { &fast };
     let idle = if held_backend == "slow" { &fast } else { &slow };
-    let busy_before = if held_backend == "slow" { before.0 } else { before.1 };
-    assert_eq!(busy.served(), busy_before, "no new request went to the busy endpoint");
+    let busy_before = if held_backend == "slow" {
+        before.0
+    } else {
+        before.1
+    };
+    assert_eq!(
+        busy.served(),
+        busy_before,
+        "no new request went to the busy endpoint"
+    );
     assert!(idle.served() >= 6);
 }
 
@@ -224,7 +287,11 @@ async fn health_checks_eject_and_restore_an_endpoint() {
         healthy_threshold: 2,
         unhealthy_threshold: 2,
     });
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![p]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![p],
+    );
     let (_p, addr) = start(&cfg).await;
     b.set_healthy(false);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -252,7 +319,11 @@ async fn connect_failures_are_retried_for_idempotent_requests_and_eject_passivel
     let mut no_retry = route("post", "/", 0);
     no_retry.retries = 0;
     no_retry.methods = vec![Method::POST];
-    let cfg = config(vec![plain_listener("web")], vec![no_retry, route("r", "/", 0)], vec![p]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![no_retry, route("r", "/", 0)],
+        vec![p],
+    );
     let (_p, addr) = start(&cfg).await;
     // Round robin starts at the dead endpoint for one of the first two requests: every GET
     // still succeeds because a connect failure is retried on the other endpoint.
@@ -263,7 +334,11 @@ async fn connect_failures_are_retried_for_idempotent_requests_and_eject_passivel
     // A POST is never retried; once the dead endpoint is ejected it is not even tried.
     for _ in 0..4 {
         let r = send(addr, Request::post("/").body(Full::from("x")).unwrap()).await;
-        assert_eq!(r.status, StatusCode::OK, "the dead endpoint was ejected after 2 failures");
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "the dead endpoint was ejected after 2 failures"
+        );
     }
 }
 
@@ -271,7 +346,11 @@ async fn connect_failures_are_retried_for_idempotent_requests_and_eject_passivel
 async fn a_post_to_a_dead_endpoint_is_a_502_not_a_retry() {
     let mut r = route("r", "/", 0);
     r.retries = 3;
-    let cfg = config(vec![plain_listener("web")], vec![r], vec![pool("p", vec![dead_endpoint()])]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![r],
+        vec![pool("p", vec![dead_endpoint()])],
+    );
     let (_p, addr) = start(&cfg).await;
     let resp = send(addr, Request::post("/").body(Full::from("x")).unwrap()).await;
     assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
@@ -283,7 +362,11 @@ async fn timeouts_answer_504() {
     let slow = Backend::start("slow", Proto::Http1).await;
     let mut r = route("r", "/", 0);
     r.timeouts.response_headers = Duration::from_millis(200);
-    let cfg = config(vec![plain_listener("web")], vec![r], vec![pool("p", vec![endpoint(&slow)])]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![r],
+        vec![pool("p", vec![endpoint(&slow)])],
+    );
     let (_p, addr) = start(&cfg).await;
     let started = Instant::now();
     let resp = get(addr, "/delay/3000").await;
@@ -295,26 +378,53 @@ async fn timeouts_answer_504() {
 #[tokio::test]
 async fn body_limits_answer_413_before_and_while_streaming() {
     let b = Backend::start("b", Proto::Http1).await;
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
     let (_p, addr) = start(&cfg).await;
-    let r = send(addr, Request::post("/").body(Full::from(vec![b'x'; 2048])).unwrap()).await;
+    let r = send(
+        addr,
+        Request::post("/")
+            .body(Full::from(vec![b'x'; 2048]))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(b.served(), 0, "refused on Content-Length, before the backend");
+    assert_eq!(
+        b.served(),
+        0,
+        "refused on Content-Length, before the backend"
+    );
     // Chunked, no Content-Length: refused while streaming.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let chunk = "x".repeat(600);
-    let req = format!("POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n");
+    let req = format!(
+        "POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     assert_eq!(get(addr, "/").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn header_hygiene_and_spoofed_forwarding_headers() {
     let b = Backend::start("b", Proto::Http1).await;
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
     let (_p, addr) = start(&cfg).await;
     let req = Request::get("/echo")
         .header("connection", "x-hop")
@@ -327,20 +437,33 @@ async fn header_hygiene_and_spoofed_forwarding_headers() {
         .unwrap();
     let r = send(addr, req).await;
     let h = &r.json()["headers"];
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "a spoofed chain from an untrusted client is replaced");
-    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=\"".to_string() + &addr.ip().to_string() + "\"");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "a spoofed chain from an untrusted client is replaced"
+    );
+    assert_eq!(
+        h["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"".to_string() + &addr.ip().to_string() + "\""
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(h.get("x-hop").is_none() && h.get("connection").is_none_or(|v| v != "x-hop"));
     assert_eq!(h["x-kept"], "yes");
     let id = h["x-request-id"].as_str().unwrap();
     assert_ne!(id, "spoofed-id");
-    assert_eq!(r.headers["x-request-id"], id, "the client sees the same request id");
+    assert_eq!(
+        r.headers["x-request-id"], id,
+        "the client sees the same request id"
+    );
 }
 
 #[tokio::test]
 async fn trusted_proxies_vouch_for_the_client_address() {
     let b = Backend::start("b", Proto::Http1).await;
-    let mut cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let mut cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
     cfg.trusted = TrustedProxies {
         load_balancers: vec![],
         proxies: vec!["127.0.0.0/8".parse().unwrap()],
@@ -355,13 +478,43 @@ async fn trusted_proxies_vouch_for_the_client_address() {
         }],
         ..RuleSet::default()
     };
-    let (_p, addr) = start_with(&cfg, Backstop::new(Arc::new(compile(&rules).unwrap()), None)).await;
-    let r = send(addr, Request::get("/").header("x-forwarded-for", "198.51.100.7").header("x-request-id", "lb-42").body(Full::default()).unwrap()).await;
-    assert_eq!(r.json()["headers"]["x-forwarded-for"], "198.51.100.7, 127.0.0.1", "the chain is extended");
-    assert_eq!(r.json()["headers"]["x-request-id"], "lb-42", "a trusted proxy's request id is kept");
-    let r = send(addr, Request::get("/").header("x-forwarded-for", "203.0.113.5").body(Full::default()).unwrap()).await;
+    let (_p, addr) = start_with(
+        &cfg,
+        Backstop::new(Arc::new(compile(&rules).unwrap()), None),
+    )
+    .await;
+    let r = send(
+        addr,
+        Request::get("/")
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("x-request-id", "lb-42")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-for"],
+        "198.51.100.7, 127.0.0.1",
+        "the chain is extended"
+    );
+    assert_eq!(
+        r.json()["headers"]["x-request-id"],
+        "lb-42",
+        "a trusted proxy's request id is kept"
+    );
+    let r = send(
+        addr,
+        Request::get("/")
+            .header("x-forwarded-for", "203.0.113.5")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(!String::from_utf8_lossy(&r.body).contains("deny:bad"), "the rule is logged, not shown");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("deny:bad"),
+        "the rule is logged, not shown"
+    );
 }
 
 #[tokio::test]
@@ -369,7 +522,11 @@ async fn proxy_protocol_only_from_trusted_load_balancers() {
     let b = Backend::start("b", Proto::Http1).await;
     let mut l = plain_listener("lb");
     l.proxy_protocol = true;
-    let mut cfg = config(vec![l], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let mut cfg = config(
+        vec![l],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
     cfg.trusted.load_balancers = vec!["127.0.0.1/32".parse().unwrap()];
     let (_p, addr) = start(&cfg).await;
     let exchange = |from: &'static str| async move {
@@ -383,16 +540,26 @@ async fn proxy_protocol_only_from_trusted_load_balancers() {
     };
     let trusted = exchange("127.0.0.1").await;
     assert!(trusted.starts_with("HTTP/1.1 200"), "{trusted}");
-    assert!(trusted.contains("\"x-forwarded-for\":\"192.0.2.99\""), "the announced source is the client: {trusted}");
+    assert!(
+        trusted.contains("\"x-forwarded-for\":\"192.0.2.99\""),
+        "the announced source is the client: {trusted}"
+    );
     let untrusted = exchange("127.0.0.2").await;
-    assert!(untrusted.is_empty(), "a PROXY header from an untrusted peer closes the connection: {untrusted}");
+    assert!(
+        untrusted.is_empty(),
+        "a PROXY header from an untrusted peer closes the connection: {untrusted}"
+    );
     assert_eq!(b.served(), 1);
 }
 
 #[tokio::test]
 async fn backstop_refuses_denied_peers_before_anything_is_read() {
     let b = Backend::start("b", Proto::Http1).await;
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
     let rules = RuleSet {
         deny: vec![DenySet {
             name: "lo2".into(),
@@ -402,7 +569,13 @@ async fn backstop_refuses_denied_peers_before_anything_is_read() {
         ..RuleSet::default()
     };
     let metrics = Metrics::new(None);
-    let proxy = Proxy::start(&cfg, Backstop::new(Arc::new(compile(&rules).unwrap()), None), metrics.clone()).await.unwrap();
+    let proxy = Proxy::start(
+        &cfg,
+        Backstop::new(Arc::new(compile(&rules).unwrap()), None),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
     let addr = proxy.local_addrs()[0].1;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
@@ -412,17 +585,25 @@ async fn backstop_refuses_denied_peers_before_anything_is_read() {
     let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
     assert!(out.is_empty());
     assert_eq!(b.served(), 0);
-    assert!(metrics.render().contains("rule=\"deny:lo2\""), "counted apart from kernel drops");
-    assert_eq!(get(addr, "/").await.status, StatusCode::OK, "127.0.0.1 passes");
+    assert!(
+        metrics.render().contains("rule=\"deny:lo2\""),
+        "counted apart from kernel drops"
+    );
+    assert_eq!(
+        get(addr, "/").await.status,
+        StatusCode::OK,
+        "127.0.0.1 passes"
+    );
 }
 
 /// A TLS client for the test PKI with the given ALPN protocols.
 fn tls_connector(pki: &TestPki, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(portcullis::proxy::tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(pki.roots())
-        .with_no_client_auth();
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(portcullis::proxy::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(pki.roots())
+            .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
@@ -452,37 +633,77 @@ async fn tls_listener_serves_h2_and_http1_with_hsts_and_plain_http_redirects() {
     };
     let mut redirect = plain_listener("redirect");
     redirect.kind = ListenerKind::Http(PlainMode::RedirectToHttps { port: 8443 });
-    let cfg = config(vec![tls_listener(&pki, Some(hsts)), redirect], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
-    let proxy = Proxy::start(&cfg, no_rules(), Metrics::new(None)).await.unwrap();
+    let cfg = config(
+        vec![tls_listener(&pki, Some(hsts)), redirect],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
+    let proxy = Proxy::start(&cfg, no_rules(), Metrics::new(None))
+        .await
+        .unwrap();
     let addrs: HashMap<String, SocketAddr> = proxy.local_addrs().into_iter().collect();
 
-    for (alpn, want) in [(&[b"h2".as_slice(), b"http/1.1"][..], "h2"), (&[b"http/1.1".as_slice()][..], "http/1.1")] {
+    for (alpn, want) in [
+        (&[b"h2".as_slice(), b"http/1.1"][..], "h2"),
+        (&[b"http/1.1".as_slice()][..], "http/1.1"),
+    ] {
         let tcp = TcpStream::connect(addrs["tls"]).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("api.example.com").unwrap();
         let tls = tls_connector(&pki, alpn).connect(name, tcp).await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(want.as_bytes()));
         let io = hyper_util::rt::TokioIo::new(tls);
         let resp = if want == "h2" {
-            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
             tokio::spawn(conn);
-            send.send_request(Request::get("https://api.example.com/x").body(Full::<Bytes>::default()).unwrap()).await.unwrap()
+            send.send_request(
+                Request::get("https://api.example.com/x")
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
         } else {
             let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
             tokio::spawn(conn);
-            send.send_request(Request::get("/x").header("host", "api.example.com").body(Full::<Bytes>::default()).unwrap()).await.unwrap()
+            send.send_request(
+                Request::get("/x")
+                    .header("host", "api.example.com")
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
         };
         assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000; includeSubDomains");
+        assert_eq!(
+            resp.headers()["strict-transport-security"],
+            "max-age=31536000; includeSubDomains"
+        );
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
-        assert_eq!(echo["headers"]["host"], "api.example.com", "an h2 request reaches an HTTP/1.1 backend with a Host header");
+        assert_eq!(
+            echo["headers"]["host"], "api.example.com",
+            "an h2 request reaches an HTTP/1.1 backend with a Host header"
+        );
     }
 
-    let r = send(addrs["redirect"], Request::get("/a?b=c").header("host", "api.example.com").body(Full::default()).unwrap()).await;
+    let r = send(
+        addrs["redirect"],
+        Request::get("/a?b=c")
+            .header("host", "api.example.com")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(r.headers["location"], "https://api.example.com:8443/a?b=c");
-    assert!(r.headers.get("strict-transport-security").is_none(), "HSTS only over TLS (RFC 6797 section 7.2)");
+    assert!(
+        r.headers.get("strict-transport-security").is_none(),
+        "HSTS only over TLS (RFC 6797 section 7.2)"
+    );
 }
 
 #[tokio::test]
@@ -493,16 +714,31 @@ async fn slow_clients_cannot_hold_sockets() {
     tls.handshake_timeout = Duration::from_millis(300);
     let mut plain = plain_listener("plain");
     plain.header_timeout = Duration::from_millis(300);
-    let cfg = config(vec![tls, plain], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
-    let proxy = Proxy::start(&cfg, no_rules(), Metrics::new(None)).await.unwrap();
+    let cfg = config(
+        vec![tls, plain],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
+    let proxy = Proxy::start(&cfg, no_rules(), Metrics::new(None))
+        .await
+        .unwrap();
     let addrs: HashMap<String, SocketAddr> = proxy.local_addrs().into_iter().collect();
-    for (name, send_first) in [("tls", &b""[..]), ("plain", &b"GET / HTTP/1.1\r\nhost: t\r\n"[..])] {
+    for (name, send_first) in [
+        ("tls", &b""[..]),
+        ("plain", &b"GET / HTTP/1.1\r\nhost: t\r\n"[..]),
+    ] {
         let mut s = TcpStream::connect(addrs[name]).await.unwrap();
         s.write_all(send_first).await.unwrap();
         let started = Instant::now();
         let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("the gateway closes the socket");
-        assert!(started.elapsed() < Duration::from_secs(2), "{name}: closed after {:?}", started.elapsed());
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("the gateway closes the socket");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{name}: closed after {:?}",
+            started.elapsed()
+        );
     }
 }
 
@@ -510,8 +746,14 @@ async fn slow_clients_cannot_hold_sockets() {
 async fn reload_under_load_fails_no_request() {
     let a = Backend::start("a", Proto::Http1).await;
     let b = Backend::start("b", Proto::Http1).await;
-    let cfg_a = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&a)])]);
-    let mut proxy = Proxy::start(&cfg_a, no_rules(), Metrics::new(None)).await.unwrap();
+    let cfg_a = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&a)])],
+    );
+    let mut proxy = Proxy::start(&cfg_a, no_rules(), Metrics::new(None))
+        .await
+        .unwrap();
     let addr = proxy.local_addrs()[0].1;
     let mut cfg_b = cfg_a.clone();
     cfg_b.pools = vec![pool("p", vec![endpoint(&b)])];
@@ -530,7 +772,9 @@ async fn reload_under_load_fails_no_request() {
             tasks.spawn(async move {
                 let (mut ok, mut failures) = (0, 0);
                 while Instant::now() < deadline {
-                    let req = Request::get(format!("http://{addr}/delay/5")).body(Full::default()).unwrap();
+                    let req = Request::get(format!("http://{addr}/delay/5"))
+                        .body(Full::default())
+                        .unwrap();
                     match client.request(req).await {
                         Ok(r) if r.status() == StatusCode::OK => ok += 1,
                         _ => failures += 1,
@@ -554,7 +798,10 @@ async fn reload_under_load_fails_no_request() {
         proxy.commit(cfg, prepared, no_rules());
     }
     let (ok, failures) = load.await.unwrap();
-    assert_eq!(failures, 0, "{failures} requests failed during reloads ({ok} succeeded)");
+    assert_eq!(
+        failures, 0,
+        "{failures} requests failed during reloads ({ok} succeeded)"
+    );
     assert!(ok > 100, "only {ok} requests ran");
     assert!(a.served() > 0 && b.served() > 0, "both generations served");
 }
@@ -584,15 +831,27 @@ async fn tls_to_backends_is_verified_against_the_pool_ca() {
         });
         p
     };
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![with_tls(&good)]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![with_tls(&good)],
+    );
     let (_p, addr) = start(&cfg).await;
     let r = get(addr, "/").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["backend"], "good");
 
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/", 0)], vec![with_tls(&forged)]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/", 0)],
+        vec![with_tls(&forged)],
+    );
     let (_p2, addr) = start(&cfg).await;
-    assert_eq!(get(addr, "/").await.status, StatusCode::BAD_GATEWAY, "a backend certificate from another CA is refused");
+    assert_eq!(
+        get(addr, "/").await.status,
+        StatusCode::BAD_GATEWAY,
+        "a backend certificate from another CA is refused"
+    );
     assert_eq!(forged.served(), 0);
 }
 
@@ -601,24 +860,39 @@ async fn websocket_upgrades_pass_only_where_enabled() {
     let b = Backend::start("ws", Proto::Http1).await;
     let mut ws_route = route("ws", "/live", 0);
     ws_route.websocket = true;
-    let cfg = config(vec![plain_listener("web")], vec![ws_route, route("rest", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![ws_route, route("rest", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
     let (_p, addr) = start(&cfg).await;
     let upgrade = |path: &'static str| async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 2048];
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         (s, String::from_utf8_lossy(&buf[..n]).into_owned())
     };
     let (mut s, head) = upgrade("/live/ws").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s.write_all(b"ping through the tunnel").await.unwrap();
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf[..n], b"ping through the tunnel");
     let (_s, head) = upgrade("/other/ws").await;
-    assert!(head.starts_with("HTTP/1.1 400"), "no upgrade where the route does not allow it: {head}");
+    assert!(
+        head.starts_with("HTTP/1.1 400"),
+        "no upgrade where the route does not allow it: {head}"
+    );
 }
 
 #[tokio::test]
@@ -626,34 +900,70 @@ async fn connection_limit_closes_the_extra_connection() {
     let b = Backend::start("b", Proto::Http1).await;
     let mut l = plain_listener("web");
     l.max_connections = 2;
-    let cfg = config(vec![l], vec![route("r", "/", 0)], vec![pool("p", vec![endpoint(&b)])]);
+    let cfg = config(
+        vec![l],
+        vec![route("r", "/", 0)],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
     let metrics = Metrics::new(None);
-    let proxy = Proxy::start(&cfg, no_rules(), metrics.clone()).await.unwrap();
+    let proxy = Proxy::start(&cfg, no_rules(), metrics.clone())
+        .await
+        .unwrap();
     let addr = proxy.local_addrs()[0].1;
-    let _held: Vec<TcpStream> = vec![TcpStream::connect(addr).await.unwrap(), TcpStream::connect(addr).await.unwrap()];
+    let _held: Vec<TcpStream> = vec![
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut third = TcpStream::connect(addr).await.unwrap();
     let _ = third.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut out)).await;
-    assert!(out.is_empty(), "the third connection is closed without an answer");
+    assert!(
+        out.is_empty(),
+        "the third connection is closed without an answer"
+    );
     assert!(metrics.render().contains("rule=\"max_connections\""));
     drop(_held);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(get(addr, "/").await.status, StatusCode::OK, "a freed slot is usable again");
+    assert_eq!(
+        get(addr, "/").await.status,
+        StatusCode::OK,
+        "a freed slot is usable again"
+    );
 }
 
 #[tokio::test]
 async fn metrics_show_requests_decisions_and_upstream_health() {
     let a = Backend::start("a", Proto::Http1).await;
-    let cfg = config(vec![plain_listener("web")], vec![route("r", "/api", 0)], vec![pool("p", vec![endpoint(&a), dead_endpoint()])]);
+    let cfg = config(
+        vec![plain_listener("web")],
+        vec![route("r", "/api", 0)],
+        vec![pool("p", vec![endpoint(&a), dead_endpoint()])],
+    );
     let metrics = Metrics::new(None);
-    let proxy = Proxy::start(&cfg, no_rules(), metrics.clone()).await.unwrap();
+    let proxy = Proxy::start(&cfg, no_rules(), metrics.clone())
+        .await
+        .unwrap();
     let addr = proxy.local_addrs()[0].1;
     get(addr, "/api/x").await;
     get(addr, "/nowhere").await;
     let text = metrics.render();
-    assert!(text.contains("portcullis_requests_total{route=\"r\",status_class=\"2xx\"} 1"), "{text}");
-    assert!(text.contains("portcullis_decisions_total{phase=\"route\",rule=\"route_not_found\",action=\"deny\"} 1"), "{text}");
-    assert!(text.contains(&format!("portcullis_upstream_healthy{{pool=\"p\",endpoint=\"{}\"}} 1", a.addr)), "{text}");
+    assert!(
+        text.contains("portcullis_requests_total{route=\"r\",status_class=\"2xx\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "portcullis_decisions_total{phase=\"route\",rule=\"route_not_found\",action=\"deny\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "portcullis_upstream_healthy{{pool=\"p\",endpoint=\"{}\"}} 1",
+            a.addr
+        )),
+        "{text}"
+    );
 }

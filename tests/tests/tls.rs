@@ -417,9 +417,10 @@ async fn sslyze_mozilla_intermediate() {
         Arc::new(portcullis::rules::table::compile(&Default::default()).unwrap()),
         None,
     );
-    let proxy = portcullis::proxy::Proxy::start(&cfg, backstop, portcullis::metrics::Metrics::new(None))
-        .await
-        .expect("start the proxy");
+    let proxy =
+        portcullis::proxy::Proxy::start(&cfg, backstop, portcullis::metrics::Metrics::new(None))
+            .await
+            .expect("start the proxy");
     let addr = proxy.local_addrs()[0].1;
 
     // `host:port{ip}`: SNI and certificate name `localhost`, connection to our loopback address.

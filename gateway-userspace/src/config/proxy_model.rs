@@ -53,7 +53,9 @@ pub enum ListenerKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlainMode {
     /// 308 to `https://<host>[:port]<path>`; `port` omitted when 443.
-    RedirectToHttps { port: u16 },
+    RedirectToHttps {
+        port: u16,
+    },
     Serve,
 }
 

@@ -4,5 +4,5 @@
 pub mod api_keys;
 mod encoding;
 pub mod jwt;
-pub mod oidc;
 pub mod mtls;
+pub mod oidc;

@@ -386,7 +386,6 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-
 /// A distinguished name as RFC 4514 §2 writes it: RDNs most significant last, separated by
 /// `,`; multi-valued RDNs joined by `+`; well-known attribute types by their short names (the
 /// RFC's table plus the common `emailAddress`, `serialNumber`), others as dotted OIDs; string
@@ -475,7 +474,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn dns_and_uri_patterns() {
         assert!(dns_matches("*.example.com", "a.EXAMPLE.com"));
@@ -550,7 +548,10 @@ mod tests {
         let good = crate::identity::encoding::b64url_encode(&sha256(b"cert"));
         assert!(cnf_matches(&good, &f));
         assert!(!cnf_matches(&format!("{good}="), &f));
-        assert!(!cnf_matches(&crate::identity::encoding::b64url_encode(&sha256(b"other")), &f));
+        assert!(!cnf_matches(
+            &crate::identity::encoding::b64url_encode(&sha256(b"other")),
+            &f
+        ));
         assert!(!cnf_matches("", &f));
     }
 

@@ -192,7 +192,9 @@ impl Bans {
             };
             match self.map.get(&ban_key(&prefix), 0) {
                 Ok(e) if e.expires_at_ns == 0 || e.expires_at_ns > now => {
-                    return Ok(Some(BanReason::from_code(e.reason).unwrap_or(BanReason::Manual)));
+                    return Ok(Some(
+                        BanReason::from_code(e.reason).unwrap_or(BanReason::Manual),
+                    ));
                 }
                 Ok(_) => {}
                 Err(e) if is_not_found(&e) => {}

@@ -68,16 +68,33 @@ mod tests {
         let rules = RuleSet {
             allow: vec!["192.0.2.7".parse().unwrap()],
             deny: vec![
-                DenySet { name: "bad".into(), mode: Mode::Enforce, prefixes: vec!["192.0.2.0/24".parse().unwrap()] },
-                DenySet { name: "watch".into(), mode: Mode::Report, prefixes: vec!["198.51.100.0/24".parse().unwrap()] },
+                DenySet {
+                    name: "bad".into(),
+                    mode: Mode::Enforce,
+                    prefixes: vec!["192.0.2.0/24".parse().unwrap()],
+                },
+                DenySet {
+                    name: "watch".into(),
+                    mode: Mode::Report,
+                    prefixes: vec!["198.51.100.0/24".parse().unwrap()],
+                },
             ],
             geo: None,
         };
         let b = Backstop::new(Arc::new(compile(&rules).unwrap()), None);
-        assert_eq!(b.check("192.0.2.1".parse().unwrap()), Check::Refuse("deny:bad".into()));
+        assert_eq!(
+            b.check("192.0.2.1".parse().unwrap()),
+            Check::Refuse("deny:bad".into())
+        );
         assert_eq!(b.check("192.0.2.7".parse().unwrap()), Check::Pass);
-        assert_eq!(b.check("::ffff:192.0.2.1".parse().unwrap()), Check::Refuse("deny:bad".into()));
-        assert_eq!(b.check("198.51.100.1".parse().unwrap()), Check::Report("deny:watch".into()));
+        assert_eq!(
+            b.check("::ffff:192.0.2.1".parse().unwrap()),
+            Check::Refuse("deny:bad".into())
+        );
+        assert_eq!(
+            b.check("198.51.100.1".parse().unwrap()),
+            Check::Report("deny:watch".into())
+        );
         assert_eq!(b.check("203.0.113.1".parse().unwrap()), Check::Pass);
     }
 }

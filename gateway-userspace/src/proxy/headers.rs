@@ -147,7 +147,8 @@ pub fn request_id(headers: &HeaderMap, peer_trusted: bool) -> String {
     if peer_trusted
         && let Some(v) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && (1..=128).contains(&v.len())
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
     {
         return v.to_string();
     }
@@ -212,7 +213,10 @@ mod tests {
         };
         set_forwarding(&mut h, &f);
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
-        assert_eq!(h[header::FORWARDED], "for=192.0.2.1;proto=http;host=\"api.example.com\"");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.1;proto=http;host=\"api.example.com\""
+        );
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
         assert_eq!(h[&X_REQUEST_ID], "abc");

@@ -72,12 +72,30 @@ pub async fn serve(
             refused(&rule);
             continue;
         }
-        let acceptor = acceptors.load().iter().find(|(n, _)| *n == name).map(|(_, a)| a.clone());
+        let acceptor = acceptors
+            .load()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| a.clone());
         let metrics = metrics.clone();
-        let connection = accept_connection(stream, peer, cfg, current, state.clone(), acceptor, metrics.clone(), stop.clone());
+        let connection = accept_connection(
+            stream,
+            peer,
+            cfg,
+            current,
+            state.clone(),
+            acceptor,
+            metrics.clone(),
+            stop.clone(),
+        );
         let name = name.clone();
         tokio::spawn(async move {
-            let gauge = metrics.connections.get_or_create(&ListenerLabels { listener: name.clone() }).clone();
+            let gauge = metrics
+                .connections
+                .get_or_create(&ListenerLabels {
+                    listener: name.clone(),
+                })
+                .clone();
             gauge.inc();
             connection.await;
             gauge.dec();
@@ -89,18 +107,27 @@ pub async fn serve(
     drop(tcp);
     let drain = state.load().drain_timeout;
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(drain, limit.acquire_many(all)).await.is_err() {
+    if tokio::time::timeout(drain, limit.acquire_many(all))
+        .await
+        .is_err()
+    {
         warn!(listener = %name, "drain timed out; closing the remaining connections");
     }
 }
 
 /// Serves an HTTP connection until it ends; when `stop` turns true, asks it to finish the
 /// requests in flight and close (HTTP/1.1: no more keep-alive; h2: GOAWAY).
-async fn serve_http<I, S>(builder: auto::Builder<TokioExecutor>, io: I, svc: S, mut stop: watch::Receiver<bool>)
-where
+async fn serve_http<I, S>(
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    svc: S,
+    mut stop: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<super::respond::Body>>
-        + Send
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<super::respond::Body>,
+        > + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -119,7 +146,11 @@ where
 
 /// The rule that refuses `addr` at the connection phase, if any; report-only matches are
 /// counted and pass.
-fn backstop_refuses(state: &ProxyState, addr: std::net::IpAddr, metrics: &Metrics) -> Option<String> {
+fn backstop_refuses(
+    state: &ProxyState,
+    addr: std::net::IpAddr,
+    metrics: &Metrics,
+) -> Option<String> {
     match state.backstop.check(addr.to_canonical()) {
         Check::Refuse(rule) => Some(rule),
         Check::Report(rule) => {
@@ -159,11 +190,21 @@ async fn accept_connection(
     let mut proxy_source = None;
     if cfg.proxy_protocol {
         // Only a trusted load balancer may tell us who the client is.
-        if !state.trusted.load_balancers.iter().any(|p| p.contains(peer.ip())) {
+        if !state
+            .trusted
+            .load_balancers
+            .iter()
+            .any(|p| p.contains(peer.ip()))
+        {
             refuse("proxy_protocol_untrusted_peer");
             return;
         }
-        match tokio::time::timeout(cfg.handshake_timeout, super::proxy_protocol::read_header(&mut stream)).await {
+        match tokio::time::timeout(
+            cfg.handshake_timeout,
+            super::proxy_protocol::read_header(&mut stream),
+        )
+        .await
+        {
             Ok(Ok(h)) => proxy_source = h.source,
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "bad PROXY header");
@@ -175,7 +216,9 @@ async fn accept_connection(
                 return;
             }
         }
-        if let Some(rule) = proxy_source.and_then(|src| backstop_refuses(&state, src.ip(), &metrics)) {
+        if let Some(rule) =
+            proxy_source.and_then(|src| backstop_refuses(&state, src.ip(), &metrics))
+        {
             refuse(&rule);
             return;
         }
@@ -201,28 +244,35 @@ async fn accept_connection(
         .keep_alive_timeout(Duration::from_secs(20));
     let svc = {
         let conn = conn.clone();
-        service_fn(move |req| service::handle(generations.load_full(), conn.clone(), metrics.clone(), req))
+        service_fn(move |req| {
+            service::handle(generations.load_full(), conn.clone(), metrics.clone(), req)
+        })
     };
     if tls {
         let Some(acceptor) = acceptor else {
             refuse("tls_not_configured");
             return;
         };
-        let tls_stream = match tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "TLS handshake failed");
-                refuse("tls_handshake_failed");
-                return;
-            }
-            Err(_) => {
-                refuse("tls_handshake_timeout");
-                return;
-            }
-        };
+        let tls_stream =
+            match tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    refuse("tls_handshake_failed");
+                    return;
+                }
+                Err(_) => {
+                    refuse("tls_handshake_timeout");
+                    return;
+                }
+            };
         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
         // The protocol ALPN chose is the only one served on this connection.
-        let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+        let builder = if h2 {
+            builder.http2_only()
+        } else {
+            builder.http1_only()
+        };
         serve_http(builder, TokioIo::new(tls_stream), svc, stop).await;
     } else {
         serve_http(builder, TokioIo::new(stream), svc, stop).await;

@@ -94,7 +94,11 @@ fn acceptors(cfg: &ProxyConfig) -> Result<Vec<(String, TlsAcceptor)>, ProxyError
 
 impl Proxy {
     /// Binds every listener and starts serving.
-    pub async fn start(cfg: &ProxyConfig, backstop: Backstop, metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
+    pub async fn start(
+        cfg: &ProxyConfig,
+        backstop: Backstop,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProxyError> {
         let acceptors = Arc::new(ArcSwap::from_pointee(acceptors(cfg)?));
         let state = Arc::new(ArcSwap::new(ProxyState::new(cfg, backstop)));
         let probe_state = state.clone();
@@ -125,7 +129,10 @@ impl Proxy {
 
     /// Where each listener is bound (the real port when the config said port 0).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.running.iter().map(|r| (r.name.clone(), r.local)).collect()
+        self.running
+            .iter()
+            .map(|r| (r.name.clone(), r.local))
+            .collect()
     }
 
     /// First half of a reload: everything that can fail (TLS configurations, binding new
@@ -165,17 +172,22 @@ impl Proxy {
         Ok(())
     }
 
-    async fn bind_new(&self, cfg: &ProxyConfig) -> Result<Vec<(String, SocketAddr, TcpListener, usize)>, ProxyError> {
+    async fn bind_new(
+        &self,
+        cfg: &ProxyConfig,
+    ) -> Result<Vec<(String, SocketAddr, TcpListener, usize)>, ProxyError> {
         let mut out = Vec::new();
         for l in &cfg.listeners {
             if self.running.iter().any(|r| r.serves(&l.name, l.bind)) {
                 continue;
             }
-            let tcp = TcpListener::bind(l.bind).await.map_err(|source| ProxyError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
+            let tcp = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
             out.push((l.name.clone(), l.bind, tcp, l.max_connections));
         }
         Ok(out)

@@ -13,7 +13,9 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.
@@ -94,10 +96,14 @@ impl Denial {
             Self::NotFound => "No route matches this host and path.".into(),
             Self::MethodNotAllowed(_) => "The route does not accept this method.".into(),
             Self::BadRequest(why) => format!("The request is malformed: {why}."),
-            Self::PayloadTooLarge { limit } => format!("The request body exceeds the limit of {limit} bytes."),
+            Self::PayloadTooLarge { limit } => {
+                format!("The request body exceeds the limit of {limit} bytes.")
+            }
             Self::Forbidden { .. } => "The client is not allowed to use this service.".into(),
             Self::NoHealthyUpstream => "No healthy backend is available.".into(),
-            Self::BadGateway => "The backend could not be reached or gave an invalid response.".into(),
+            Self::BadGateway => {
+                "The backend could not be reached or gave an invalid response.".into()
+            }
             Self::GatewayTimeout => "The backend did not answer in time.".into(),
         }
     }
@@ -117,10 +123,17 @@ pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Denial::MethodNotAllowed(methods) = denial {
-        let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let allow = methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         if let Ok(v) = HeaderValue::from_str(&allow) {
             h.insert(header::ALLOW, v);
         }
@@ -154,7 +167,9 @@ mod tests {
             Denial::MethodNotAllowed(vec![Method::GET]),
             Denial::BadRequest("missing host"),
             Denial::PayloadTooLarge { limit: 10 },
-            Denial::Forbidden { rule: "deny:x".into() },
+            Denial::Forbidden {
+                rule: "deny:x".into(),
+            },
             Denial::NoHealthyUpstream,
             Denial::BadGateway,
             Denial::GatewayTimeout,
@@ -162,7 +177,10 @@ mod tests {
         for d in all {
             let resp = problem(&d, "req-1");
             assert_eq!(resp.status(), d.status());
-            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+            assert_eq!(
+                resp.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["status"], d.status().as_u16());
@@ -177,8 +195,14 @@ mod tests {
     fn redirect_keeps_host_and_path() {
         let r = redirect_to_https("api.example.com", 443, "/a?b=c");
         assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
-        assert_eq!(r.headers()[header::LOCATION], "https://api.example.com/a?b=c");
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://api.example.com/a?b=c"
+        );
         let r = redirect_to_https("api.example.com", 8443, "/");
-        assert_eq!(r.headers()[header::LOCATION], "https://api.example.com:8443/");
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://api.example.com:8443/"
+        );
     }
 }

@@ -49,7 +49,11 @@ fn host_matches(patterns: &[HostMatch], host: Option<&str>) -> bool {
     let Some(host) = host else { return false };
     patterns.iter().any(|p| match p {
         HostMatch::Exact(h) => h == host,
-        HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()) && !host[..host.len() - s.len()].contains('.'),
+        HostMatch::Suffix(s) => {
+            host.len() > s.len()
+                && host.ends_with(s.as_str())
+                && !host[..host.len() - s.len()].contains('.')
+        }
     })
 }
 
@@ -81,18 +85,33 @@ const DEFAULT_METHODS: [Method; 7] = [
 ];
 
 /// Matches `routes` (already in specificity order) against a request.
-pub fn find<'a>(routes: &'a [RouteConfig], host: Option<&str>, path: &str, method: &Method) -> RouteMatch<'a> {
+pub fn find<'a>(
+    routes: &'a [RouteConfig],
+    host: Option<&str>,
+    path: &str,
+    method: &Method,
+) -> RouteMatch<'a> {
     let mut allowed: Vec<Method> = Vec::new();
     for (i, r) in routes.iter().enumerate() {
         if !host_matches(&r.hosts, host) || !path_matches(&r.path, path) {
             continue;
         }
-        let accepts = if r.methods.is_empty() { DEFAULT_METHODS.contains(method) } else { r.methods.contains(method) };
+        let accepts = if r.methods.is_empty() {
+            DEFAULT_METHODS.contains(method)
+        } else {
+            r.methods.contains(method)
+        };
         if accepts && method != Method::CONNECT {
             return RouteMatch::Found(i, r);
         }
         if r.methods.is_empty() {
-            allowed.extend(DEFAULT_METHODS.iter().filter(|m| !allowed.contains(m)).cloned().collect::<Vec<_>>());
+            allowed.extend(
+                DEFAULT_METHODS
+                    .iter()
+                    .filter(|m| !allowed.contains(m))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
             continue;
         }
         for m in &r.methods {
@@ -151,32 +170,94 @@ mod tests {
     #[test]
     fn hosts_paths_and_methods() {
         let routes = vec![
-            route("exact", &["api.example.com"], PathMatch::Exact("/health".into()), &[]),
-            route("write", &["api.example.com"], PathMatch::Prefix("/orders".into()), &["POST"]),
-            route("read", &["api.example.com"], PathMatch::Prefix("/orders".into()), &["GET"]),
-            route("wild", &["*.example.net"], PathMatch::Prefix("/".into()), &[]),
+            route(
+                "exact",
+                &["api.example.com"],
+                PathMatch::Exact("/health".into()),
+                &[],
+            ),
+            route(
+                "write",
+                &["api.example.com"],
+                PathMatch::Prefix("/orders".into()),
+                &["POST"],
+            ),
+            route(
+                "read",
+                &["api.example.com"],
+                PathMatch::Prefix("/orders".into()),
+                &["GET"],
+            ),
+            route(
+                "wild",
+                &["*.example.net"],
+                PathMatch::Prefix("/".into()),
+                &[],
+            ),
             route("any", &[], PathMatch::Prefix("/public/".into()), &[]),
         ];
         let get = Method::GET;
-        assert_eq!(name(find(&routes, Some("api.example.com"), "/health", &get)), "exact");
-        assert_eq!(name(find(&routes, Some("api.example.com"), "/orders/7", &Method::POST)), "write");
-        assert_eq!(name(find(&routes, Some("api.example.com"), "/orders", &get)), "read");
-        assert_eq!(name(find(&routes, Some("api.example.com"), "/ordersx", &get)), "404");
+        assert_eq!(
+            name(find(&routes, Some("api.example.com"), "/health", &get)),
+            "exact"
+        );
+        assert_eq!(
+            name(find(
+                &routes,
+                Some("api.example.com"),
+                "/orders/7",
+                &Method::POST
+            )),
+            "write"
+        );
+        assert_eq!(
+            name(find(&routes, Some("api.example.com"), "/orders", &get)),
+            "read"
+        );
+        assert_eq!(
+            name(find(&routes, Some("api.example.com"), "/ordersx", &get)),
+            "404"
+        );
         assert_eq!(
             find(&routes, Some("api.example.com"), "/orders", &Method::DELETE),
             RouteMatch::MethodNotAllowed(vec![Method::POST, Method::GET])
         );
-        assert_eq!(name(find(&routes, Some("x.example.net"), "/anything", &get)), "wild");
-        assert_eq!(name(find(&routes, Some("a.b.example.net"), "/anything", &get)), "404");
+        assert_eq!(
+            name(find(&routes, Some("x.example.net"), "/anything", &get)),
+            "wild"
+        );
+        assert_eq!(
+            name(find(&routes, Some("a.b.example.net"), "/anything", &get)),
+            "404"
+        );
         assert_eq!(name(find(&routes, Some("example.net"), "/x", &get)), "404");
         assert_eq!(name(find(&routes, None, "/public/x", &get)), "any");
-        assert_eq!(name(find(&routes, Some("other.test"), "/public/x", &get)), "any");
+        assert_eq!(
+            name(find(&routes, Some("other.test"), "/public/x", &get)),
+            "any"
+        );
         // Methods outside the default set need a route that lists them; CONNECT never routes.
         let announce = Method::from_bytes(b"ANNOUNCE").unwrap();
         assert_eq!(name(find(&routes, None, "/public/x", &announce)), "405");
-        assert_eq!(name(find(&routes, None, "/public/x", &Method::CONNECT)), "405");
-        let listed = vec![route("dav", &[], PathMatch::Prefix("/".into()), &["PROPFIND", "CONNECT"])];
-        assert_eq!(name(find(&listed, None, "/x", &Method::from_bytes(b"PROPFIND").unwrap())), "dav");
+        assert_eq!(
+            name(find(&routes, None, "/public/x", &Method::CONNECT)),
+            "405"
+        );
+        let listed = vec![route(
+            "dav",
+            &[],
+            PathMatch::Prefix("/".into()),
+            &["PROPFIND", "CONNECT"],
+        )];
+        assert_eq!(
+            name(find(
+                &listed,
+                None,
+                "/x",
+                &Method::from_bytes(b"PROPFIND").unwrap()
+            )),
+            "dav"
+        );
         assert_eq!(name(find(&listed, None, "/x", &Method::CONNECT)), "405");
     }
 
@@ -187,7 +268,10 @@ mod tests {
         h.insert(http::header::HOST, "API.Example.COM.:8443".parse().unwrap());
         assert_eq!(request_host(&uri, &h).as_deref(), Some("api.example.com"));
         let uri: http::Uri = "https://Api.example.com/x".parse().unwrap();
-        assert_eq!(request_host(&uri, &http::HeaderMap::new()).as_deref(), Some("api.example.com"));
+        assert_eq!(
+            request_host(&uri, &http::HeaderMap::new()).as_deref(),
+            Some("api.example.com")
+        );
         h.insert(http::header::HOST, "bad host".parse().unwrap());
         assert_eq!(request_host(&"/".parse().unwrap(), &h), None);
     }

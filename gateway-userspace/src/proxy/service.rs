@@ -25,7 +25,9 @@ use super::headers::{self, Forwarding};
 use super::respond::{self, Body, BoxError, Denial};
 use super::route::{self, RouteMatch};
 use super::upstream::{Connector, InFlight, Outcome, Pool, SendError};
-use crate::config::{Hsts, ListenerConfig, ListenerKind, PlainMode, ProxyConfig, RouteConfig, TrustedProxies};
+use crate::config::{
+    Hsts, ListenerConfig, ListenerKind, PlainMode, ProxyConfig, RouteConfig, TrustedProxies,
+};
 use crate::metrics::Metrics;
 
 /// One route's pool and its client (with the route's connect timeout); index for index with
@@ -136,7 +138,8 @@ impl Exchange {
     fn finish(self, bytes_out: u64) {
         let elapsed = self.started.elapsed();
         let route = self.route.as_deref().unwrap_or("-");
-        self.metrics.request(route, self.status, elapsed.as_secs_f64());
+        self.metrics
+            .request(route, self.status, elapsed.as_secs_f64());
         self.metrics.decision(self.phase, &self.rule, self.decision);
         // The path is logged without its query: query strings can carry keys and tokens.
         info!(
@@ -201,7 +204,19 @@ pub async fn handle(
     };
     let listener = state.listener(&conn.listener).cloned();
     let hsts = listener.as_ref().and_then(hsts_header);
-    let result = phases(&state, &conn, listener.as_ref(), &client, hop, hop_trusted, host.as_deref(), &request_id, req, &mut ex).await;
+    let result = phases(
+        &state,
+        &conn,
+        listener.as_ref(),
+        &client,
+        hop,
+        hop_trusted,
+        host.as_deref(),
+        &request_id,
+        req,
+        &mut ex,
+    )
+    .await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(denial) => {
@@ -213,7 +228,8 @@ pub async fn handle(
         }
     };
     if let Some(v) = hsts {
-        resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, v);
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, v);
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
@@ -223,7 +239,9 @@ pub async fn handle(
 }
 
 fn hsts_header(l: &ListenerConfig) -> Option<HeaderValue> {
-    let ListenerKind::Https(tls) = &l.kind else { return None };
+    let ListenerKind::Https(tls) = &l.kind else {
+        return None;
+    };
     let Hsts {
         max_age,
         include_subdomains,
@@ -283,11 +301,12 @@ async fn phases(
 
     ex.phase = "route";
     let method = req.method().clone();
-    let (route_cfg, route) = match route::find(&state.route_configs, host, req.uri().path(), &method) {
-        RouteMatch::Found(i, cfg) => (cfg, &state.routes[i]),
-        RouteMatch::MethodNotAllowed(m) => return Err(Denial::MethodNotAllowed(m)),
-        RouteMatch::NotFound => return Err(Denial::NotFound),
-    };
+    let (route_cfg, route) =
+        match route::find(&state.route_configs, host, req.uri().path(), &method) {
+            RouteMatch::Found(i, cfg) => (cfg, &state.routes[i]),
+            RouteMatch::MethodNotAllowed(m) => return Err(Denial::MethodNotAllowed(m)),
+            RouteMatch::NotFound => return Err(Denial::NotFound),
+        };
     ex.route = Some(route_cfg.name.clone());
 
     ex.phase = "limits";
@@ -305,13 +324,18 @@ async fn phases(
     ex.phase = "upstream";
     let upgrade = is_websocket(&req);
     if upgrade && !route_cfg.websocket {
-        return Err(Denial::BadRequest("WebSocket upgrades are not enabled on this route"));
+        return Err(Denial::BadRequest(
+            "WebSocket upgrades are not enabled on this route",
+        ));
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     if !parts.headers.contains_key(header::HOST)
-        && let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        && let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         // h2 clients send :authority; an HTTP/1.1 backend needs Host.
         parts.headers.insert(header::HOST, v);
@@ -328,24 +352,47 @@ async fn phases(
         },
     );
 
-    let idempotent = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
+    let idempotent = matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
     // Only a request without a body can be sent again: the body was streamed, not kept.
     let bodyless = body.is_end_stream();
-    let attempts = if idempotent && bodyless { 1 + route_cfg.retries } else { 1 };
+    let attempts = if idempotent && bodyless {
+        1 + route_cfg.retries
+    } else {
+        1
+    };
     let limited: Body = Limited::new(body, route_cfg.max_body_bytes as usize).boxed();
     let mut first_body = Some(limited);
     let mut previous = None;
     let deadline = Instant::now() + route_cfg.timeouts.total;
     for attempt in 0..attempts {
-        let Some(ep) = route.pool.pick(previous.as_ref()).or_else(|| route.pool.pick(None)) else {
+        let Some(ep) = route
+            .pool
+            .pick(previous.as_ref())
+            .or_else(|| route.pool.pick(None))
+        else {
             ex.rule = format!("pool:{}", route.pool.name);
             return Err(Denial::NoHealthyUpstream);
         };
         ex.upstream = Some(ep.endpoint.authority.clone());
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!("{}://{}{}", route.pool.scheme(), ep.endpoint.addr, path_and_query);
-        let version = if route.pool.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
-        let mut builder = Request::builder().method(parts.method.clone()).uri(uri).version(version);
+        let uri = format!(
+            "{}://{}{}",
+            route.pool.scheme(),
+            ep.endpoint.addr,
+            path_and_query
+        );
+        let version = if route.pool.is_h2() {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(version);
         if let Some(h) = builder.headers_mut() {
             *h = parts.headers.clone();
         }
@@ -355,8 +402,15 @@ async fn phases(
         };
         let in_flight = route.pool.begin(&ep);
         ex.upstream_started = Some(Instant::now());
-        let headers_timeout = route_cfg.timeouts.response_headers.min(deadline.saturating_duration_since(Instant::now()));
-        let sent = tokio::time::timeout(headers_timeout, super::upstream::send(&route.client, upstream_req)).await;
+        let headers_timeout = route_cfg
+            .timeouts
+            .response_headers
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let sent = tokio::time::timeout(
+            headers_timeout,
+            super::upstream::send(&route.client, upstream_req),
+        )
+        .await;
         ex.upstream_headers_ms = ex.upstream_started.map(|t| t.elapsed().as_millis() as u64);
         match sent {
             Err(_) => {
@@ -367,7 +421,8 @@ async fn phases(
                 route.pool.report(&ep, Outcome::ConnectError);
                 previous = Some(ep);
                 if attempt + 1 < attempts {
-                    ex.metrics.decision("upstream", "retry_connect_error", "retry");
+                    ex.metrics
+                        .decision("upstream", "retry_connect_error", "retry");
                     continue;
                 }
                 return Err(Denial::BadGateway);
@@ -380,17 +435,25 @@ async fn phases(
                 }
                 if is_client_body_error(e.as_ref()) {
                     // The client's body was malformed or cut short: its fault, not the backend's.
-                    return Err(Denial::BadRequest("the request body is malformed or incomplete"));
+                    return Err(Denial::BadRequest(
+                        "the request body is malformed or incomplete",
+                    ));
                 }
                 route.pool.report(&ep, Outcome::ServerError);
                 return Err(Denial::BadGateway);
             }
             Ok(Ok(resp)) => {
-                let outcome = if resp.status().is_server_error() { Outcome::ServerError } else { Outcome::Success };
+                let outcome = if resp.status().is_server_error() {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Success
+                };
                 route.pool.report(&ep, outcome);
                 ex.phase = "response";
                 return Ok(match client_upgrade {
-                    Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => tunnel(resp, client_upgrade, in_flight),
+                    Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        tunnel(resp, client_upgrade, in_flight)
+                    }
                     _ => finish_response(resp, in_flight, deadline),
                 });
             }
@@ -437,7 +500,11 @@ fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The backend's response for the client: hop-by-hop headers removed, the body bounded by the
 /// route's total timeout, the endpoint counted as busy until the body ends.
-fn finish_response(resp: Response<Incoming>, in_flight: InFlight, deadline: Instant) -> Response<Body> {
+fn finish_response(
+    resp: Response<Incoming>,
+    in_flight: InFlight,
+    deadline: Instant,
+) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     let body = DeadlineBody {
@@ -449,12 +516,19 @@ fn finish_response(resp: Response<Incoming>, in_flight: InFlight, deadline: Inst
 }
 
 /// Completes a WebSocket upgrade: the 101 goes to the client, then bytes are copied both ways.
-fn tunnel(resp: Response<Incoming>, client_upgrade: hyper::upgrade::OnUpgrade, in_flight: InFlight) -> Response<Body> {
+fn tunnel(
+    resp: Response<Incoming>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) -> Response<Body> {
     let (mut parts, upstream_body) = resp.into_parts();
     let upstream_resp = Response::from_parts(parts.clone(), upstream_body);
     tokio::spawn(async move {
         let _in_flight = in_flight;
-        let (Ok(client), Ok(upstream)) = (client_upgrade.await, hyper::upgrade::on(upstream_resp).await) else {
+        let (Ok(client), Ok(upstream)) = (
+            client_upgrade.await,
+            hyper::upgrade::on(upstream_resp).await,
+        ) else {
             return;
         };
         let mut client = hyper_util::rt::TokioIo::new(client);
@@ -476,9 +550,14 @@ impl HttpBody for DeadlineBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err("the backend response exceeded the route's total timeout".into())));
+            return Poll::Ready(Some(Err(
+                "the backend response exceeded the route's total timeout".into(),
+            )));
         }
         Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
     }
@@ -513,7 +592,10 @@ impl HttpBody for LoggedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

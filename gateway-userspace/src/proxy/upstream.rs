@@ -25,7 +25,9 @@ use tokio_rustls::client::TlsStream;
 use tracing::{info, warn};
 
 use super::respond::{Body, BoxError};
-use crate::config::{Balance, Endpoint, HealthCheck, PassiveEjection, PoolConfig, UpstreamProtocol};
+use crate::config::{
+    Balance, Endpoint, HealthCheck, PassiveEjection, PoolConfig, UpstreamProtocol,
+};
 
 /// Milliseconds since the process started: a compact monotonic clock for atomics.
 fn now_ms() -> u64 {
@@ -62,7 +64,8 @@ impl EndpointState {
 
     /// Receives traffic: healthy by active checks and not passively ejected.
     pub fn available(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) <= now_ms()
+        self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until.load(Ordering::Relaxed) <= now_ms()
     }
 
     pub fn healthy(&self) -> bool {
@@ -118,10 +121,18 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(cfg: &PoolConfig) -> Self {
-        let check_timeout = cfg.health.as_ref().map_or(Duration::from_secs(2), |h| h.timeout);
+        let check_timeout = cfg
+            .health
+            .as_ref()
+            .map_or(Duration::from_secs(2), |h| h.timeout);
         Self {
             name: cfg.name.clone(),
-            endpoints: cfg.endpoints.iter().cloned().map(|e| Arc::new(EndpointState::new(e))).collect(),
+            endpoints: cfg
+                .endpoints
+                .iter()
+                .cloned()
+                .map(|e| Arc::new(EndpointState::new(e)))
+                .collect(),
             balance: cfg.balance,
             passive: cfg.passive,
             health: cfg.health.clone(),
@@ -139,7 +150,11 @@ impl Pool {
 
     /// `https` when the pool speaks TLS to its backends.
     pub fn scheme(&self) -> &'static str {
-        if self.connector.tls.is_some() { "https" } else { "http" }
+        if self.connector.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// A client for this pool with the given connect timeout (one per route, so each route's
@@ -174,7 +189,11 @@ impl Pool {
             Balance::PowerOfTwo => {
                 let a = candidates[random_below(candidates.len())];
                 let b = candidates[random_below(candidates.len())];
-                if b.outstanding() < a.outstanding() { b } else { a }
+                if b.outstanding() < a.outstanding() {
+                    b
+                } else {
+                    a
+                }
             }
         };
         Some(chosen.clone())
@@ -195,14 +214,19 @@ impl Pool {
         let failures = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if threshold > 0 && failures >= threshold {
             ep.consecutive_failures.store(0, Ordering::Relaxed);
-            ep.ejected_until.store(now_ms() + self.passive.ejection_time.as_millis() as u64, Ordering::Relaxed);
+            ep.ejected_until.store(
+                now_ms() + self.passive.ejection_time.as_millis() as u64,
+                Ordering::Relaxed,
+            );
             warn!(pool = %self.name, endpoint = %ep.endpoint.authority, ?outcome, failures, "endpoint ejected");
         }
     }
 
     /// Runs active health checks until `stop` turns true. One task per pool.
     pub fn spawn_health_checks(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let Some(check) = self.health.clone() else { return };
+        let Some(check) = self.health.clone() else {
+            return;
+        };
         let pool = self.clone();
         tokio::spawn(async move {
             let client = build_client(pool.connector.clone(), pool.protocol, pool.idle_timeout);
@@ -240,7 +264,12 @@ impl Pool {
     }
 }
 
-async fn probe(client: &Client<Connector, Body>, scheme: &str, ep: &EndpointState, check: &HealthCheck) -> bool {
+async fn probe(
+    client: &Client<Connector, Body>,
+    scheme: &str,
+    ep: &EndpointState,
+    check: &HealthCheck,
+) -> bool {
     let uri = format!("{scheme}://{}{}", ep.endpoint.addr, check.path);
     let Ok(req) = Request::get(uri)
         .header(http::header::HOST, ep.endpoint.authority.as_str())
@@ -261,9 +290,15 @@ fn random_below(n: usize) -> usize {
     (u64::from_le_bytes(b) % n as u64) as usize
 }
 
-fn build_client(connector: Connector, protocol: UpstreamProtocol, idle: Duration) -> Client<Connector, Body> {
+fn build_client(
+    connector: Connector,
+    protocol: UpstreamProtocol,
+    idle: Duration,
+) -> Client<Connector, Body> {
     let mut b = Client::builder(TokioExecutor::new());
-    b.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(idle);
+    b.timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle);
     if protocol == UpstreamProtocol::H2 {
         b.http2_only(true);
     }
@@ -297,10 +332,16 @@ impl Connector {
                 UpstreamProtocol::Http1 => &[b"http/1.1"],
             };
             let config = super::tls::upstream_client_config(Some(t), alpn);
-            let name = t.server_name.as_ref().and_then(|n| ServerName::try_from(n.clone()).ok());
+            let name = t
+                .server_name
+                .as_ref()
+                .and_then(|n| ServerName::try_from(n.clone()).ok());
             (TlsConnector::from(config), name)
         });
-        Self { connect_timeout, tls }
+        Self {
+            connect_timeout,
+            tls,
+        }
     }
 }
 
@@ -316,8 +357,14 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let host = uri.host().ok_or("upstream URI without host")?.trim_matches(['[', ']']).to_string();
-            let port = uri.port_u16().unwrap_or(if this.tls.is_some() { 443 } else { 80 });
+            let host = uri
+                .host()
+                .ok_or("upstream URI without host")?
+                .trim_matches(['[', ']'])
+                .to_string();
+            let port = uri
+                .port_u16()
+                .unwrap_or(if this.tls.is_some() { 443 } else { 80 });
             // Endpoints are resolved when the config is loaded; the URI carries the address.
             let addr: SocketAddr = (host.parse::<std::net::IpAddr>()?, port).into();
             let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(addr))
@@ -331,9 +378,12 @@ impl tower_service::Service<Uri> for Connector {
                         Some(n) => n,
                         None => ServerName::from(addr.ip()),
                     };
-                    let tls = tokio::time::timeout(this.connect_timeout, connector.connect(name, tcp))
-                        .await
-                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                    let tls =
+                        tokio::time::timeout(this.connect_timeout, connector.connect(name, tcp))
+                            .await
+                            .map_err(|_| {
+                                io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                            })??;
                     Ok(Conn::Tls(Box::new(TokioIo::new(tls))))
                 }
             }
@@ -353,14 +403,22 @@ impl Connection for Conn {
             Self::Plain(_) => Connected::new(),
             Self::Tls(s) => {
                 let h2 = s.inner().get_ref().1.alpn_protocol() == Some(b"h2");
-                if h2 { Connected::new().negotiated_h2() } else { Connected::new() }
+                if h2 {
+                    Connected::new().negotiated_h2()
+                } else {
+                    Connected::new()
+                }
             }
         }
     }
 }
 
 impl Read for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -369,7 +427,11 @@ impl Read for Conn {
 }
 
 impl Write for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -392,7 +454,10 @@ impl Write for Conn {
 }
 
 /// Sends `req` with `client`; `Err` carries whether connecting failed.
-pub async fn send(client: &Client<Connector, Body>, req: Request<Body>) -> Result<http::Response<Incoming>, SendError> {
+pub async fn send(
+    client: &Client<Connector, Body>,
+    req: Request<Body>,
+) -> Result<http::Response<Incoming>, SendError> {
     client.request(req).await.map_err(|e| {
         if e.is_connect() {
             SendError::Connect(e.to_string())

@@ -1,8 +1,8 @@
 //! Tests: tokens minted here with `ring`, conformance vectors from `PORTCULLIS_TESTDATA`, and a
 //! property test.
 
-use crate::identity::encoding::{b64url_decode, b64url_encode};
 use super::*;
+use crate::identity::encoding::{b64url_decode, b64url_encode};
 use ring::rand::SystemRandom;
 use ring::signature::{self as sig, KeyPair};
 use serde_json::json;
