@@ -18,7 +18,7 @@ mod reader;
 mod routes;
 mod schema;
 mod size;
-mod source;
+pub(crate) mod source;
 mod tls_files;
 
 use std::path::Path;

@@ -26,6 +26,7 @@ use toml::de::{DeTable, DeValue};
 use toml::value::{Datetime, Offset};
 
 use crate::config::Location;
+use crate::config::source::SourceFile;
 
 /// The header a client sends its key in, unless configured otherwise; the name Azure API
 /// Management uses, so existing clients work unchanged.
@@ -745,50 +746,23 @@ impl std::error::Error for KeyFileErrors {}
 // The parser
 // ---------------------------------------------------------------------------------------------
 
-/// The text being read and the errors found so far.
+/// The text being read (positions come from the config module's [`SourceFile`]) and the
+/// errors found so far.
 struct Cx<'t> {
-    path: PathBuf,
-    text: &'t str,
-    line_starts: Vec<usize>,
+    source: SourceFile<'t>,
     errors: Vec<KeyFileError>,
 }
 
 impl<'t> Cx<'t> {
     fn new(path: &Path, text: &'t str) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
         Self {
-            path: path.to_path_buf(),
-            text,
-            line_starts,
+            source: SourceFile::new(path, text),
             errors: Vec::new(),
         }
     }
 
-    /// Line and column (1-based, the column in characters) of a byte offset; clamped, never
-    /// panics.
     fn location(&self, offset: usize) -> Location {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let line = self.line_starts.partition_point(|&start| start <= offset);
-        let start = self
-            .line_starts
-            .get(line.wrapping_sub(1))
-            .copied()
-            .unwrap_or(0);
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(0, |s| s.chars().count())
-            + 1;
-        Location {
-            file: self.path.clone(),
-            line: line.max(1),
-            column,
-        }
+        self.source.location(offset)
     }
 
     fn at(&mut self, offset: usize, kind: KeyFileErrorKind) {
