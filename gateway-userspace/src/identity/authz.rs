@@ -139,7 +139,10 @@ fn from_bearer(headers: &HeaderMap) -> Result<Option<&str>, ExtractError> {
     }
     let bytes = value.as_bytes();
     // The scheme is a token; anything up to the first space.
-    let scheme_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+    let scheme_end = bytes
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(bytes.len());
     if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
         return Ok(None);
     }
@@ -160,12 +163,15 @@ fn from_bearer(headers: &HeaderMap) -> Result<Option<&str>, ExtractError> {
 fn is_token68(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
-fn from_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ExtractError> {
+fn from_header<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a str>, ExtractError> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -174,14 +180,20 @@ fn from_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&
         return Err(ExtractError::DuplicateHeader(name.clone()));
     }
     let malformed = || ExtractError::MalformedHeader(name.clone());
-    let value = value.to_str().map_err(|_| malformed())?.trim_matches([' ', '\t']);
+    let value = value
+        .to_str()
+        .map_err(|_| malformed())?
+        .trim_matches([' ', '\t']);
     if value.is_empty() || value.bytes().any(|b| b == b' ' || b == b'\t') {
         return Err(malformed());
     }
     Ok(Some(value))
 }
 
-fn from_query<'a>(query: Option<&'a str>, param: &str) -> Result<Option<Cow<'a, str>>, ExtractError> {
+fn from_query<'a>(
+    query: Option<&'a str>,
+    param: &str,
+) -> Result<Option<Cow<'a, str>>, ExtractError> {
     let Some(query) = query else {
         return Ok(None);
     };
@@ -198,7 +210,8 @@ fn from_query<'a>(query: Option<&'a str>, param: &str) -> Result<Option<Cow<'a, 
         if found.is_some() {
             return Err(ExtractError::DuplicateQueryParam(param.to_owned()));
         }
-        let value = form_decode(value).ok_or_else(|| ExtractError::MalformedQueryParam(param.to_owned()))?;
+        let value = form_decode(value)
+            .ok_or_else(|| ExtractError::MalformedQueryParam(param.to_owned()))?;
         if value.is_empty() {
             return Err(ExtractError::MalformedQueryParam(param.to_owned()));
         }
@@ -260,29 +273,26 @@ fn from_cookie<'a>(headers: &'a HeaderMap, cookie: &str) -> Result<Option<&'a st
     let malformed = || ExtractError::MalformedCookie(cookie.to_owned());
     let mut found = None;
     for header in headers.get_all(COOKIE) {
-        let Ok(header) = header.to_str() else {
-            // Not visible ASCII: cannot tell whether our cookie is in there.
-            return Err(malformed());
-        };
-        for pair in header.split(';') {
-            let Some((name, value)) = pair.split_once('=') else {
+        // Bytes, not text: other cookies may hold non-ASCII octets, which are no concern of ours.
+        for pair in header.as_bytes().split(|&b| b == b';') {
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                 continue;
             };
-            if name.trim_matches([' ', '\t']) != cookie {
+            if pair[..eq].trim_ascii() != cookie.as_bytes() {
                 continue;
             }
             if found.is_some() {
                 return Err(ExtractError::DuplicateCookie(cookie.to_owned()));
             }
-            let value = value.trim_matches([' ', '\t']);
-            let value = match value.strip_prefix('"') {
-                Some(v) => v.strip_suffix('"').ok_or_else(malformed)?,
+            let value = pair[eq + 1..].trim_ascii();
+            let value = match value.strip_prefix(b"\"") {
+                Some(v) => v.strip_suffix(b"\"").ok_or_else(malformed)?,
                 None => value,
             };
-            if value.is_empty() || !value.bytes().all(is_cookie_octet) {
+            if value.is_empty() || !value.iter().copied().all(is_cookie_octet) {
                 return Err(malformed());
             }
-            found = Some(value);
+            found = Some(std::str::from_utf8(value).map_err(|_| malformed())?);
         }
     }
     Ok(found)
@@ -372,7 +382,10 @@ impl ClaimRequirement {
 
     /// The same requirement comparing by substring.
     pub fn contains(self) -> Self {
-        Self { op: Op::Contains, ..self }
+        Self {
+            op: Op::Contains,
+            ..self
+        }
     }
 
     /// Checks the requirement against a claims payload.
@@ -392,7 +405,11 @@ impl ClaimRequirement {
             Match::Any => self.values.is_empty() || self.values.iter().any(matches),
             Match::All => self.values.iter().all(matches),
         };
-        if ok { Ok(()) } else { Err(DenyReason::NotMatched) }
+        if ok {
+            Ok(())
+        } else {
+            Err(DenyReason::NotMatched)
+        }
     }
 }
 
@@ -402,14 +419,19 @@ fn lookup<'v>(map: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
     if let Some(v) = map.get(path) {
         return Some(v);
     }
-    path.match_indices('.').find_map(|(i, _)| match map.get(&path[..i]) {
-        Some(Value::Object(inner)) => lookup(inner, &path[i + 1..]),
-        _ => None,
-    })
+    path.match_indices('.')
+        .find_map(|(i, _)| match map.get(&path[..i]) {
+            Some(Value::Object(inner)) => lookup(inner, &path[i + 1..]),
+            _ => None,
+        })
 }
 
 /// Appends the claim's values as text; `false` when the value (or an element) is unusable.
-fn collect_values<'v>(value: &'v Value, separator: Option<char>, out: &mut Vec<Cow<'v, str>>) -> bool {
+fn collect_values<'v>(
+    value: &'v Value,
+    separator: Option<char>,
+    out: &mut Vec<Cow<'v, str>>,
+) -> bool {
     match value {
         Value::String(s) => {
             match separator {
@@ -463,7 +485,11 @@ impl RoutePolicy {
     }
 
     /// As [`RoutePolicy::authorize`], on the claims payload.
-    pub fn authorize_map(&self, method: &Method, claims: &Map<String, Value>) -> Result<(), Denied> {
+    pub fn authorize_map(
+        &self,
+        method: &Method,
+        claims: &Map<String, Value>,
+    ) -> Result<(), Denied> {
         for (rule_index, rule) in self.rules.iter().enumerate() {
             if !rule.applies_to(method) {
                 continue;
@@ -542,7 +568,11 @@ pub fn apply_claim_headers(headers: &mut HeaderMap, mapping: &[ClaimHeader], cla
 }
 
 /// As [`apply_claim_headers`], on the claims payload.
-pub fn apply_claim_headers_map(headers: &mut HeaderMap, mapping: &[ClaimHeader], claims: &Map<String, Value>) {
+pub fn apply_claim_headers_map(
+    headers: &mut HeaderMap,
+    mapping: &[ClaimHeader],
+    claims: &Map<String, Value>,
+) {
     for m in mapping {
         headers.remove(&m.header);
     }
@@ -590,4 +620,669 @@ pub fn strip_authorization(headers: &mut HeaderMap, forward: bool) {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
+
+    fn all_sources() -> Vec<TokenSource> {
+        vec![
+            TokenSource::Bearer,
+            TokenSource::Header(HeaderName::from_static("x-access-token")),
+            TokenSource::Query("access_token".into()),
+            TokenSource::Cookie("at".into()),
+        ]
+    }
+
+    fn extract<'a>(
+        h: &'a HeaderMap,
+        q: Option<&'a str>,
+    ) -> Result<Option<Cow<'a, str>>, ExtractError> {
+        extract_token(h, q, &all_sources())
+    }
+
+    // --- extraction ---
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let h = headers(&[("authorization", &format!("{scheme} {TOKEN}"))]);
+            assert_eq!(
+                extract(&h, None).expect("ok").as_deref(),
+                Some(TOKEN),
+                "{scheme}"
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_token68_with_padding_and_extra_spaces() {
+        let h = headers(&[("authorization", "Bearer   abc+/~-._==")]);
+        assert_eq!(
+            extract(&h, None).expect("ok").as_deref(),
+            Some("abc+/~-._==")
+        );
+    }
+
+    #[test]
+    fn malformed_bearer_refused() {
+        for v in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer =abc",
+            "Bearer a=b",
+            "Bearer\ta",
+        ] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(
+                extract(&h, None),
+                Err(ExtractError::MalformedBearer),
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_scheme_is_not_a_token() {
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(extract(&h, None), Ok(None));
+        let h = headers(&[("authorization", "Bearerx abc")]);
+        assert_eq!(extract(&h, None), Ok(None));
+    }
+
+    #[test]
+    fn duplicate_authorization_refused() {
+        let h = headers(&[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("authorization", "Bearer other"),
+        ]);
+        assert_eq!(extract(&h, None), Err(ExtractError::DuplicateAuthorization));
+        let h = headers(&[
+            ("authorization", "Basic x"),
+            ("authorization", "Bearer other"),
+        ]);
+        assert_eq!(extract(&h, None), Err(ExtractError::DuplicateAuthorization));
+    }
+
+    #[test]
+    fn named_header() {
+        let h = headers(&[("x-access-token", TOKEN)]);
+        assert_eq!(extract(&h, None).expect("ok").as_deref(), Some(TOKEN));
+        let h = headers(&[("x-access-token", TOKEN), ("x-access-token", TOKEN)]);
+        assert!(matches!(
+            extract(&h, None),
+            Err(ExtractError::DuplicateHeader(_))
+        ));
+        let h = headers(&[("x-access-token", "a b")]);
+        assert!(matches!(
+            extract(&h, None),
+            Err(ExtractError::MalformedHeader(_))
+        ));
+    }
+
+    #[test]
+    fn query_parameter_percent_decoded() {
+        let h = HeaderMap::new();
+        let q = "a=1&access_token=abc%2Edef%3D&b=2";
+        assert_eq!(
+            extract(&h, Some(q)).expect("ok").as_deref(),
+            Some("abc.def=")
+        );
+        assert_eq!(
+            extract(&h, Some("access%5Ftoken=xyz"))
+                .expect("ok")
+                .as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(extract(&h, Some("other=1")), Ok(None));
+        assert_eq!(extract(&h, None), Ok(None));
+    }
+
+    #[test]
+    fn query_parameter_duplicates_and_bad_values_refused() {
+        let h = HeaderMap::new();
+        assert!(matches!(
+            extract(&h, Some("access_token=a&access_token=a")),
+            Err(ExtractError::DuplicateQueryParam(_))
+        ));
+        assert!(matches!(
+            extract(&h, Some("access_token=%FF")),
+            Err(ExtractError::MalformedQueryParam(_))
+        ));
+        assert!(matches!(
+            extract(&h, Some("access_token=")),
+            Err(ExtractError::MalformedQueryParam(_))
+        ));
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let h = headers(&[("cookie", &format!("a=1; at={TOKEN}; b=2"))]);
+        assert_eq!(extract(&h, None).expect("ok").as_deref(), Some(TOKEN));
+        let h = headers(&[("cookie", "at=\"abc\"")]);
+        assert_eq!(extract(&h, None).expect("ok").as_deref(), Some("abc"));
+        // Another cookie whose name merely contains ours, and one with our name as a value.
+        let h = headers(&[("cookie", "xat=1; b=at")]);
+        assert_eq!(extract(&h, None), Ok(None));
+        // HTTP/2 may split cookies over several headers.
+        let h = headers(&[("cookie", "a=1"), ("cookie", "at=tok")]);
+        assert_eq!(extract(&h, None).expect("ok").as_deref(), Some("tok"));
+        // Non-ASCII octets in another cookie do not matter.
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_bytes("n=Zo\u{eb}; at=tok".as_bytes()).expect("value"),
+        );
+        assert_eq!(extract(&h, None).expect("ok").as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn cookie_duplicates_and_bad_values_refused() {
+        let h = headers(&[("cookie", "at=a; at=b")]);
+        assert!(matches!(
+            extract(&h, None),
+            Err(ExtractError::DuplicateCookie(_))
+        ));
+        let h = headers(&[("cookie", "at=a"), ("cookie", "at=a")]);
+        assert!(matches!(
+            extract(&h, None),
+            Err(ExtractError::DuplicateCookie(_))
+        ));
+        for v in ["at=", "at=\"abc", "at=a\\b", "at=a,b"] {
+            let h = headers(&[("cookie", v)]);
+            assert!(
+                matches!(extract(&h, None), Err(ExtractError::MalformedCookie(_))),
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_token_locations_refused() {
+        let bearer = format!("Bearer {TOKEN}");
+        let cookie = format!("at={TOKEN}");
+        let query = format!("access_token={TOKEN}");
+        let h = headers(&[("authorization", &bearer), ("cookie", &cookie)]);
+        assert_eq!(
+            extract(&h, None),
+            Err(ExtractError::MoreThanOneMethod {
+                first: "bearer",
+                second: "cookie"
+            })
+        );
+        let h = headers(&[("authorization", &bearer)]);
+        assert_eq!(
+            extract(&h, Some(&query)),
+            Err(ExtractError::MoreThanOneMethod {
+                first: "bearer",
+                second: "query"
+            })
+        );
+        let h = headers(&[("x-access-token", TOKEN), ("cookie", &cookie)]);
+        assert!(matches!(
+            extract(&h, None),
+            Err(ExtractError::MoreThanOneMethod { .. })
+        ));
+    }
+
+    #[test]
+    fn only_configured_sources_are_read() {
+        let h = headers(&[
+            ("authorization", &format!("Bearer {TOKEN}")),
+            ("cookie", "at=other"),
+        ]);
+        let got = extract_token(&h, Some("access_token=q"), &[TokenSource::Bearer]).expect("ok");
+        assert_eq!(got.as_deref(), Some(TOKEN));
+        let got = extract_token(&h, None, &[TokenSource::Cookie("at".into())]).expect("ok");
+        assert_eq!(got.as_deref(), Some("other"));
+        assert_eq!(extract_token(&h, None, &[]), Ok(None));
+    }
+
+    #[test]
+    fn errors_never_show_the_token() {
+        let secret = "s3cr3tT0ken";
+        let cases: Vec<(HeaderMap, Option<String>)> = vec![
+            (
+                headers(&[("authorization", &format!("Bearer {secret} x"))]),
+                None,
+            ),
+            (
+                headers(&[
+                    ("authorization", &format!("Bearer {secret}")),
+                    ("authorization", "Bearer y"),
+                ]),
+                None,
+            ),
+            (
+                headers(&[("authorization", &format!("Bearer {secret}"))]),
+                Some(format!("access_token={secret}")),
+            ),
+            (
+                headers(&[("cookie", &format!("at={secret}; at={secret}"))]),
+                None,
+            ),
+            (
+                headers(&[("x-access-token", &format!("{secret} {secret}"))]),
+                None,
+            ),
+            (
+                HeaderMap::new(),
+                Some(format!("access_token={secret}&access_token={secret}")),
+            ),
+        ];
+        for (h, q) in &cases {
+            let err = extract(h, q.as_deref()).expect_err("must fail");
+            assert!(!format!("{err:?}").contains(secret));
+            assert!(!err.to_string().contains(secret));
+        }
+        // Nor do the configuration types (they hold no token at all).
+        assert!(!format!("{:?}", all_sources()).contains(secret));
+    }
+
+    // --- rules ---
+
+    /// The seeds' example: any of roles API.Read or API.Write for all methods, API.Write
+    /// required for POST, PUT and DELETE.
+    fn seeds_policy() -> RoutePolicy {
+        RoutePolicy {
+            rules: vec![
+                MethodRule {
+                    methods: vec![],
+                    requirements: vec![ClaimRequirement::any_of(
+                        "roles",
+                        &["API.Read", "API.Write"],
+                    )],
+                },
+                MethodRule {
+                    methods: vec![Method::POST, Method::PUT, Method::DELETE],
+                    requirements: vec![ClaimRequirement::any_of("roles", &["API.Write"])],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn seeds_example() {
+        let p = seeds_policy();
+        let reader = map(json!({"roles": ["API.Read"]}));
+        let writer = map(json!({"roles": ["API.Write"]}));
+        let both = map(json!({"roles": ["API.Read", "API.Write"]}));
+        let neither = map(json!({"roles": ["Other"]}));
+        let none = map(json!({"sub": "x"}));
+
+        for m in [Method::GET, Method::HEAD, Method::PATCH] {
+            assert_eq!(p.authorize_map(&m, &reader), Ok(()));
+            assert_eq!(p.authorize_map(&m, &writer), Ok(()));
+        }
+        for m in [Method::POST, Method::PUT, Method::DELETE] {
+            let d = p
+                .authorize_map(&m, &reader)
+                .expect_err("reader cannot write");
+            assert_eq!((d.rule, d.requirement, d.claim.as_str()), (1, 0, "roles"));
+            assert_eq!(d.reason, DenyReason::NotMatched);
+            assert_eq!(p.authorize_map(&m, &writer), Ok(()));
+            assert_eq!(p.authorize_map(&m, &both), Ok(()));
+        }
+        let d = p
+            .authorize_map(&Method::GET, &neither)
+            .expect_err("no role");
+        assert_eq!((d.rule, d.reason), (0, DenyReason::NotMatched));
+        let d = p.authorize_map(&Method::POST, &none).expect_err("no claim");
+        assert_eq!(
+            (d.rule, d.claim.as_str(), d.reason),
+            (0, "roles", DenyReason::Missing)
+        );
+        // A single-string `roles` claim works too.
+        assert_eq!(
+            p.authorize_map(&Method::PUT, &map(json!({"roles": "API.Write"}))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn any_and_all() {
+        let c = map(json!({"groups": ["a", "b", "c"]}));
+        assert!(
+            ClaimRequirement::any_of("groups", &["x", "b"])
+                .check(&c)
+                .is_ok()
+        );
+        assert!(
+            ClaimRequirement::any_of("groups", &["x", "y"])
+                .check(&c)
+                .is_err()
+        );
+        assert!(
+            ClaimRequirement::all_of("groups", &["a", "c"])
+                .check(&c)
+                .is_ok()
+        );
+        assert_eq!(
+            ClaimRequirement::all_of("groups", &["a", "x"]).check(&c),
+            Err(DenyReason::NotMatched)
+        );
+        // No values: presence only.
+        assert!(ClaimRequirement::any_of("groups", &[]).check(&c).is_ok());
+        assert!(ClaimRequirement::all_of("groups", &[]).check(&c).is_ok());
+        assert_eq!(
+            ClaimRequirement::any_of("other", &[]).check(&c),
+            Err(DenyReason::Missing)
+        );
+    }
+
+    #[test]
+    fn separator_on_scope() {
+        let c = map(json!({"scope": "openid  orders:read orders:write"}));
+        let r =
+            ClaimRequirement::all_of("scope", &["orders:read", "orders:write"]).separated_by(' ');
+        assert!(r.check(&c).is_ok());
+        // Without the separator the whole string is one value.
+        let r = ClaimRequirement::any_of("scope", &["orders:read"]);
+        assert_eq!(r.check(&c), Err(DenyReason::NotMatched));
+        // An empty scope string has no values.
+        let r = ClaimRequirement::any_of("scope", &["x"]).separated_by(' ');
+        assert_eq!(
+            r.check(&map(json!({"scope": " "}))),
+            Err(DenyReason::Unusable)
+        );
+        // `scp` as an array (Entra/Okta) with the same separator.
+        let r = ClaimRequirement::any_of("scp", &["orders:write"]).separated_by(' ');
+        assert!(
+            r.check(&map(json!({"scp": ["orders:read", "orders:write"]})))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn contains_is_substring() {
+        let c = map(json!({"email": "alice@example.com", "groups": ["team-payments-admins"]}));
+        assert!(
+            ClaimRequirement::any_of("email", &["@example.com"])
+                .contains()
+                .check(&c)
+                .is_ok()
+        );
+        assert!(
+            ClaimRequirement::any_of("email", &["@example.org"])
+                .contains()
+                .check(&c)
+                .is_err()
+        );
+        assert!(
+            ClaimRequirement::any_of("groups", &["payments"])
+                .contains()
+                .check(&c)
+                .is_ok()
+        );
+        // Equality is exact and case-sensitive.
+        assert!(
+            ClaimRequirement::any_of("groups", &["payments"])
+                .check(&c)
+                .is_err()
+        );
+        assert!(
+            ClaimRequirement::any_of("email", &["Alice@example.com"])
+                .check(&c)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn dotted_paths() {
+        let c = map(json!({
+            "realm_access": {"roles": ["admin", "user"]},
+            "resource_access": {"api": {"roles": ["write"]}},
+            "https://example.com/roles": ["editor"],
+            "org": {"https://example.com/tier": "gold"},
+        }));
+        assert!(
+            ClaimRequirement::any_of("realm_access.roles", &["admin"])
+                .check(&c)
+                .is_ok()
+        );
+        assert!(
+            ClaimRequirement::any_of("resource_access.api.roles", &["write"])
+                .check(&c)
+                .is_ok()
+        );
+        assert!(
+            ClaimRequirement::any_of("https://example.com/roles", &["editor"])
+                .check(&c)
+                .is_ok()
+        );
+        assert!(
+            ClaimRequirement::any_of("org.https://example.com/tier", &["gold"])
+                .check(&c)
+                .is_ok()
+        );
+        assert_eq!(
+            ClaimRequirement::any_of("realm_access.groups", &["admin"]).check(&c),
+            Err(DenyReason::Missing)
+        );
+        assert_eq!(
+            ClaimRequirement::any_of("realm_access.roles.x", &["admin"]).check(&c),
+            Err(DenyReason::Missing)
+        );
+        // An object is not a usable value.
+        assert_eq!(
+            ClaimRequirement::any_of("realm_access", &["admin"]).check(&c),
+            Err(DenyReason::Unusable)
+        );
+    }
+
+    #[test]
+    fn number_and_bool_claims() {
+        let c = map(
+            json!({"tier": 3, "ratio": 1.5, "email_verified": true, "flags": [1, false], "n": null}),
+        );
+        assert!(ClaimRequirement::any_of("tier", &["3"]).check(&c).is_ok());
+        assert!(ClaimRequirement::any_of("tier", &["03"]).check(&c).is_err());
+        assert!(
+            ClaimRequirement::any_of("ratio", &["1.5"])
+                .check(&c)
+                .is_ok()
+        );
+        assert!(
+            ClaimRequirement::any_of("email_verified", &["true"])
+                .check(&c)
+                .is_ok()
+        );
+        assert!(
+            ClaimRequirement::any_of("email_verified", &["false"])
+                .check(&c)
+                .is_err()
+        );
+        assert!(
+            ClaimRequirement::all_of("flags", &["1", "false"])
+                .check(&c)
+                .is_ok()
+        );
+        assert_eq!(
+            ClaimRequirement::any_of("n", &["null"]).check(&c),
+            Err(DenyReason::Unusable)
+        );
+        let bad = map(json!({"roles": ["a", {"x": 1}], "nested": [["a"]]}));
+        assert_eq!(
+            ClaimRequirement::any_of("roles", &["a"]).check(&bad),
+            Err(DenyReason::Unusable)
+        );
+        assert_eq!(
+            ClaimRequirement::any_of("nested", &["a"]).check(&bad),
+            Err(DenyReason::Unusable)
+        );
+    }
+
+    #[test]
+    fn rules_are_all_checked_and_indexed() {
+        let p = RoutePolicy {
+            rules: vec![
+                MethodRule {
+                    methods: vec![Method::GET],
+                    requirements: vec![ClaimRequirement::any_of("a", &["1"])],
+                },
+                MethodRule {
+                    methods: vec![],
+                    requirements: vec![
+                        ClaimRequirement::any_of("b", &["1"]),
+                        ClaimRequirement::any_of("c", &["1"]),
+                    ],
+                },
+            ],
+        };
+        let c = map(json!({"a": "1", "b": "1", "c": "2"}));
+        let d = p.authorize_map(&Method::GET, &c).expect_err("c fails");
+        assert_eq!((d.rule, d.requirement, d.claim.as_str()), (1, 1, "c"));
+        let c = map(json!({"a": "0", "b": "1", "c": "1"}));
+        assert_eq!(
+            p.authorize_map(&Method::GET, &c).map_err(|d| d.rule),
+            Err(0)
+        );
+        assert_eq!(p.authorize_map(&Method::POST, &c), Ok(()));
+        assert_eq!(
+            RoutePolicy::default().authorize_map(&Method::DELETE, &c),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn denied_never_shows_claim_values() {
+        let c = map(json!({"roles": ["SecretRole"], "email": "alice@example.com"}));
+        let p = RoutePolicy {
+            rules: vec![MethodRule {
+                methods: vec![],
+                requirements: vec![ClaimRequirement::any_of("email", &["bob@example.com"])],
+            }],
+        };
+        let d = p.authorize_map(&Method::GET, &c).expect_err("denied");
+        let text = format!("{d} {d:?}");
+        assert!(text.contains("email") && text.contains("rule 0"));
+        assert!(!text.contains("alice") && !text.contains("SecretRole"));
+    }
+
+    // --- claims to headers ---
+
+    fn user_id() -> ClaimHeader {
+        ClaimHeader {
+            header: HeaderName::from_static("x-user-id"),
+            claims: vec!["oid".into(), "sub".into()],
+        }
+    }
+
+    fn roles() -> ClaimHeader {
+        ClaimHeader {
+            header: HeaderName::from_static("x-user-roles"),
+            claims: vec!["realm_access.roles".into()],
+        }
+    }
+
+    #[test]
+    fn claim_headers_first_present_wins() {
+        let mut h = HeaderMap::new();
+        let c = map(json!({"oid": "o-1", "sub": "s-1", "realm_access": {"roles": ["a", "b"]}}));
+        apply_claim_headers_map(&mut h, &[user_id(), roles()], &c);
+        assert_eq!(
+            h.get("x-user-id").map(HeaderValue::as_bytes),
+            Some(&b"o-1"[..])
+        );
+        assert_eq!(
+            h.get("x-user-roles").map(HeaderValue::as_bytes),
+            Some(&b"a, b"[..])
+        );
+
+        let mut h = HeaderMap::new();
+        let c = map(json!({"oid": null, "sub": "s-1", "n": 7, "v": true}));
+        let extra = ClaimHeader {
+            header: HeaderName::from_static("x-n"),
+            claims: vec!["n".into()],
+        };
+        apply_claim_headers_map(&mut h, &[user_id(), extra], &c);
+        assert_eq!(
+            h.get("x-user-id").map(HeaderValue::as_bytes),
+            Some(&b"s-1"[..])
+        );
+        assert_eq!(h.get("x-n").map(HeaderValue::as_bytes), Some(&b"7"[..]));
+    }
+
+    #[test]
+    fn client_sent_copies_removed_even_without_claim() {
+        let mut h = headers(&[
+            ("x-user-id", "forged"),
+            ("x-user-id", "forged2"),
+            ("x-user-roles", "admin"),
+            ("x-other", "kept"),
+        ]);
+        let c = map(json!({"sub": "s-1"}));
+        apply_claim_headers_map(&mut h, &[user_id(), roles()], &c);
+        let ids: Vec<_> = h
+            .get_all("x-user-id")
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(ids, vec![&b"s-1"[..]]);
+        assert!(
+            h.get("x-user-roles").is_none(),
+            "forged header removed though the claim is absent"
+        );
+        assert_eq!(
+            h.get("x-other").map(HeaderValue::as_bytes),
+            Some(&b"kept"[..])
+        );
+    }
+
+    #[test]
+    fn unusable_claim_values_skipped() {
+        for v in [
+            json!("a\r\nX-Admin: 1"),
+            json!("tab\there"),
+            json!("del\u{7f}"),
+            json!("c1\u{85}"),
+            json!(["ok", "bad\n"]),
+            json!({"x": 1}),
+            json!(["a", {"x": 1}]),
+            json!(""),
+        ] {
+            let mut h = headers(&[("x-user-id", "forged")]);
+            let c = map(json!({"oid": v, "sub": "fallback"}));
+            apply_claim_headers_map(&mut h, &[user_id()], &c);
+            assert!(h.get("x-user-id").is_none(), "{v}");
+        }
+        // Non-ASCII text passes as UTF-8 bytes.
+        let mut h = HeaderMap::new();
+        apply_claim_headers_map(&mut h, &[user_id()], &map(json!({"oid": "Zoë"})));
+        assert_eq!(
+            h.get("x-user-id").map(HeaderValue::as_bytes),
+            Some("Zoë".as_bytes())
+        );
+    }
+
+    #[test]
+    fn authorization_forwarded_or_stripped() {
+        let mut h = headers(&[("authorization", "Bearer a"), ("x", "1")]);
+        strip_authorization(&mut h, true);
+        assert!(h.contains_key(AUTHORIZATION));
+        strip_authorization(&mut h, false);
+        assert!(!h.contains_key(AUTHORIZATION));
+        assert!(h.contains_key("x"));
+    }
+}

@@ -2,6 +2,7 @@
 //! not yet wired into the request path, the config or the CLI.
 
 pub mod api_keys;
+pub mod authz;
 mod encoding;
 pub mod jwt;
 pub mod mtls;
