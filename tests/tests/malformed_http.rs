@@ -80,6 +80,7 @@ async fn gateway() -> (Proxy, std::net::SocketAddr, Backend) {
             retries: 0,
             max_body_bytes: 1 << 20,
             websocket: false,
+            auth: Default::default(),
         }],
         pools: vec![PoolConfig {
             name: "p".into(),
@@ -97,6 +98,7 @@ async fn gateway() -> (Proxy, std::net::SocketAddr, Backend) {
             },
             idle_timeout: Duration::from_secs(5),
         }],
+        token_providers: vec![],
         drain_timeout: Duration::from_secs(1),
     };
     let proxy = Proxy::start(

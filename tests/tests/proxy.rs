@@ -79,6 +79,7 @@ fn route(name: &str, path: &str, pool: usize) -> RouteConfig {
         retries: 1,
         max_body_bytes: 1024,
         websocket: false,
+        auth: Default::default(),
     }
 }
 
@@ -105,6 +106,7 @@ fn config(
         trusted: TrustedProxies::default(),
         routes,
         pools,
+        token_providers: vec![],
         drain_timeout: Duration::from_secs(2),
     }
 }

@@ -411,6 +411,7 @@ async fn sslyze_mozilla_intermediate() {
         trusted: Default::default(),
         routes: vec![],
         pools: vec![],
+        token_providers: vec![],
         drain_timeout: std::time::Duration::from_secs(1),
     };
     let backstop = portcullis::proxy::backstop::Backstop::new(

@@ -173,6 +173,7 @@ pub(crate) fn proxy(
         trusted,
         routes,
         pools,
+        token_providers: Vec::new(),
         drain_timeout: drain_timeout.value_or(defaults::DRAIN_TIMEOUT),
     }
 }

@@ -18,8 +18,42 @@ pub struct ProxyConfig {
     /// before any; exact path before longer prefix before shorter), config order breaking ties.
     pub routes: Vec<RouteConfig>,
     pub pools: Vec<PoolConfig>,
+    /// Token issuers that routes accept tokens from.
+    pub token_providers: Vec<TokenProviderConfig>,
     /// Grace period for in-flight requests on shutdown.
     pub drain_timeout: Duration,
+}
+
+/// A token issuer (an OpenID Connect provider) whose signed JWTs routes accept.
+#[derive(Clone, Debug)]
+pub struct TokenProviderConfig {
+    /// Unique name routes refer to.
+    pub name: String,
+    /// Discovery, key cache and refresh settings.
+    pub oidc: crate::identity::oidc::OidcConfig,
+    /// What a token must satisfy: issuer, audiences, algorithms, clock skew, size, `typ`.
+    pub policy: crate::identity::jwt::ValidationPolicy,
+}
+
+/// What a route requires of a request's identity. The default requires nothing.
+#[derive(Clone, Debug, Default)]
+pub struct RouteAuth {
+    pub token: Option<RouteToken>,
+}
+
+/// A route that requires a bearer token.
+#[derive(Clone, Debug)]
+pub struct RouteToken {
+    /// Index into `ProxyConfig::token_providers`.
+    pub provider: usize,
+    /// Where the token may come from (RFC 6750: `Authorization: Bearer` by default).
+    pub sources: Vec<crate::identity::authz::TokenSource>,
+    /// Claims rules per method.
+    pub policy: crate::identity::authz::RoutePolicy,
+    /// Claims copied into request headers; client-sent copies are always removed.
+    pub claim_headers: Vec<crate::identity::authz::ClaimHeader>,
+    /// Pass the `Authorization` header on to the backend (default: strip it).
+    pub forward_authorization: bool,
 }
 
 /// One listening socket.
@@ -130,6 +164,8 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// Pass WebSocket upgrades through.
     pub websocket: bool,
+    /// Identity requirements (tokens; keys and certificates come later).
+    pub auth: RouteAuth,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -114,6 +114,7 @@ fn route(
             retries: u32::try_from(retries).unwrap_or(0),
             max_body_bytes,
             websocket: r.websocket.value_or(false),
+            auth: Default::default(),
         },
         header: r.header,
         clean,

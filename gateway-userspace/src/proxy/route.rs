@@ -156,6 +156,7 @@ mod tests {
             retries: 0,
             max_body_bytes: 1024,
             websocket: false,
+            auth: Default::default(),
         }
     }
 
