@@ -23,7 +23,10 @@ pub type ReloadReply = Result<String, String>;
 /// Shared with the daemon.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
+    /// Set by the daemon once rules are loaded and listeners bound; cleared while stopping.
     pub ready: AtomicBool,
+    /// Further readiness conditions (token providers with their keys loaded).
+    pub probe: std::sync::RwLock<Option<Box<dyn Fn() -> bool + Send + Sync>>>,
     pub reload: mpsc::Sender<oneshot::Sender<ReloadReply>>,
     pub pins: Option<PinLayout>,
 }
@@ -66,7 +69,12 @@ async fn handle(
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "text/plain", "live\n"),
         (&Method::GET, "/ready") => {
-            if state.ready.load(Ordering::Relaxed) {
+            let probe_ok = state
+                .probe
+                .read()
+                .ok()
+                .is_none_or(|p| p.as_ref().is_none_or(|f| f()));
+            if state.ready.load(Ordering::Relaxed) && probe_ok {
                 text(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")

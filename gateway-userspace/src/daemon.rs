@@ -193,6 +193,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ready: false.into(),
+        probe: std::sync::RwLock::new(
+            d.proxy
+                .as_ref()
+                .map(|p| Box::new(p.readiness_probe()) as Box<dyn Fn() -> bool + Send + Sync>),
+        ),
         reload: reload_tx,
         pins: d.config.kernel.enabled.then(|| d.kernel.layout().clone()),
     });

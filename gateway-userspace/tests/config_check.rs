@@ -1067,6 +1067,7 @@ fn the_proxy_example_loads_with_generated_certificates() {
     .expect("read examples/proxy.toml");
     f.cert("example", &["api.example.com", "*.example.com"]);
     f.cert("backend-ca", &["orders.internal"]);
+    f.cert("idp-ca", &["login.example.com"]);
     let c = f
         .load(&example)
         .unwrap_or_else(|e| panic!("examples/proxy.toml:\n{e}"));
@@ -1085,4 +1086,305 @@ fn the_proxy_example_loads_with_generated_certificates() {
             .any(|p| p.tls.is_some() && p.health.is_some())
     );
     assert!(!c.proxy.routes.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token providers and routes that require a token.
+
+/// A loopback provider named `idp`, a pool and the start of a route: the base the token cases
+/// vary. The route's `[routes.token]` (or more) follows.
+const TOKEN_BASE: &str = "[kernel]\nenabled = false\n\n\
+[[token_providers]]\nname = \"idp\"\nissuer = \"http://127.0.0.1:9000\"\naudiences = [\"api\"]\n\n\
+[[pools]]\nname = \"api\"\nendpoints = [\"127.0.0.1:9001\"]\n\n\
+[[routes]]\nname = \"orders\"\npath = \"/orders\"\npool = \"api\"\n";
+
+#[test]
+fn unknown_token_provider_reference_with_suggestion() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.check(&format!("{TOKEN_BASE}[routes.token]\nprovider = \"ipd\"\n")),
+        "$DIR/portcullis.toml:18:12: error: unknown token provider `ipd`; did you mean `idp`?"
+    );
+}
+
+#[test]
+fn alg_none_and_hmac_are_refused() {
+    let f = Fixture::new();
+    let config = "[kernel]\nenabled = false\n[[token_providers]]\nname = \"idp\"\n\
+                  issuer = \"http://127.0.0.1:9000\"\naudiences = [\"api\"]\n\
+                  algorithms = [\"RS256\", \"none\", \"HS256\", \"rs384\"]\n";
+    assert_eq!(
+        f.check(config),
+        "$DIR/portcullis.toml:7:24: error: `token_providers.algorithms`: `none` is refused: it \
+         means an unsigned token, which anyone can forge\n\
+         $DIR/portcullis.toml:7:32: error: `token_providers.algorithms`: `HS256` is refused: HMAC \
+         algorithms use a shared secret, so whoever can verify a token can also forge one; \
+         OpenID providers sign with public keys (RS256, ES256, ...)\n\
+         $DIR/portcullis.toml:7:41: error: `token_providers.algorithms`: unknown value `rs384`; \
+         expected one of: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+    );
+}
+
+#[test]
+fn issuer_transport_is_checked() {
+    let f = Fixture::new();
+    let config = "[kernel]\nenabled = false\n\
+                  [[token_providers]]\nname = \"a\"\nissuer = \"https://login.example.com\"\n\
+                  audiences = [\"api\"]\n\
+                  [[token_providers]]\nname = \"b\"\nissuer = \"http://login.example.com\"\n\
+                  audiences = [\"api\"]\n";
+    assert_eq!(
+        f.check(config),
+        "$DIR/portcullis.toml:5:10: error: `token_providers.issuer`: `https://login.example.com` \
+         is https:// but the provider has no `ca`: there are no built-in web roots, so name the \
+         PEM bundle of the CA that signed the issuer's certificate\n\
+         $DIR/portcullis.toml:9:10: error: `token_providers.issuer`: `http://login.example.com` \
+         is plain http:// to a host that is not loopback: the signing keys fetched from it could \
+         be replaced in transit; use https:// with `ca`"
+    );
+}
+
+#[test]
+fn a_requirement_takes_exactly_one_of_any_and_all() {
+    let f = Fixture::new();
+    let config = format!(
+        "{TOKEN_BASE}[routes.token]\nprovider = \"idp\"\n[[routes.token.rules]]\n\
+         [[routes.token.rules.require]]\nclaim = \"roles\"\nany = [\"a\"]\nall = [\"b\"]\n\
+         [[routes.token.rules.require]]\nclaim = \"scp\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:23:7: error: [[routes.token.rules.require]] takes `any` or `all`, \
+         not both: `any` passes when the claim holds one of the values, `all` when it holds every \
+         one\n\
+         $DIR/portcullis.toml:24:1: error: [[routes.token.rules.require]] needs `any` (the claim \
+         holds one of the values) or `all` (it holds every one); an empty list only asks for the \
+         claim to be present"
+    );
+}
+
+#[test]
+fn bad_token_sources() {
+    let f = Fixture::new();
+    let config = format!(
+        "{TOKEN_BASE}[routes.token]\nprovider = \"idp\"\n\
+         sources = [\"bearer\", \"Bearer\", \"header:X Token\", \"query:\", \"bearer\"]\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:19:22: error: `routes.token.sources`: invalid token source \
+         `Bearer`: expected `bearer`, `header:<name>`, `query:<parameter>` or `cookie:<name>`\n\
+         $DIR/portcullis.toml:19:32: error: `routes.token.sources`: invalid token source \
+         `header:X Token`: `X Token` is not a valid header name\n\
+         $DIR/portcullis.toml:19:50: error: `routes.token.sources`: invalid token source \
+         `query:`: the query name is empty\n\
+         $DIR/portcullis.toml:19:60: error: `routes.token.sources`: `bearer` is listed more than \
+         once"
+    );
+}
+
+#[test]
+fn claims_cannot_set_forwarding_or_hop_by_hop_headers() {
+    let f = Fixture::new();
+    let config = format!(
+        "{TOKEN_BASE}[routes.token]\nprovider = \"idp\"\n\
+         [[routes.token.claim_headers]]\nheader = \"X-Forwarded-For\"\nclaims = [\"sub\"]\n\
+         [[routes.token.claim_headers]]\nheader = \"Connection\"\nclaims = [\"sub\"]\n\
+         [[routes.token.claim_headers]]\nheader = \"Authorization\"\nclaims = [\"sub\"]\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:20:10: error: `routes.token.claim_headers.header`: \
+         `X-Forwarded-For` cannot carry claims: the proxy sets it itself (the client address and \
+         request id the backends trust)\n\
+         $DIR/portcullis.toml:23:10: error: `routes.token.claim_headers.header`: `Connection` \
+         cannot carry claims: it is a hop-by-hop header, which applies to one connection and is \
+         not forwarded\n\
+         $DIR/portcullis.toml:26:10: error: `routes.token.claim_headers.header`: `Authorization` \
+         cannot carry claims: it carries the request itself (its target, framing or credentials)"
+    );
+}
+
+#[test]
+fn unknown_key_in_a_claim_requirement() {
+    let f = Fixture::new();
+    let config = format!(
+        "{TOKEN_BASE}[routes.token]\nprovider = \"idp\"\n[[routes.token.rules]]\n\
+         [[routes.token.rules.require]]\nclaim = \"roles\"\nany = [\"a\"]\nseperator = \" \"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:23:1: error: unknown key `seperator` in \
+         [[routes.token.rules.require]]; did you mean `separator`?"
+    );
+}
+
+#[test]
+fn a_valid_token_route_compiles_to_what_it_says() {
+    use portcullis::identity::authz::{
+        ClaimHeader, ClaimRequirement, MethodRule, RoutePolicy, TokenSource,
+    };
+    use portcullis::identity::jwt::Algorithm;
+
+    let f = Fixture::new();
+    f.cert("idp-ca", &["login.example.com"]);
+    let config = r#"
+[kernel]
+enabled = false
+
+[[token_providers]]
+name = "other"
+issuer = "http://localhost:9000"
+audiences = ["a"]
+
+[[token_providers]]
+name = "idp"
+issuer = "https://login.example.com/tenant/v2.0"
+audiences = ["https://api.example.com", "api"]
+algorithms = ["ES256", "RS256"]
+clock_skew = "30s"
+max_token_size = 4096
+require_typ = "at+jwt"
+ca = "certs/idp-ca.pem"
+jwks_refresh = "10m"
+unknown_kid_interval = "30s"
+
+[[pools]]
+name = "api"
+endpoints = ["127.0.0.1:9001"]
+
+[[routes]]
+name = "reports"
+path = "/reports"
+pool = "api"
+
+[routes.token]
+provider = "idp"
+sources = ["bearer", "cookie:access_token", "header:X-Access-Token", "query:access_token"]
+forward_authorization = true
+
+[[routes.token.rules]]
+[[routes.token.rules.require]]
+claim = "roles"
+any = ["API.Read", "API.Write"]
+
+[[routes.token.rules]]
+methods = ["post", "PUT", "DELETE"]
+[[routes.token.rules.require]]
+claim = "roles"
+all = ["API.Write"]
+[[routes.token.rules.require]]
+claim = "scp"
+any = ["write"]
+separator = " "
+op = "contains"
+
+[[routes.token.claim_headers]]
+header = "X-User-Id"
+claims = ["oid", "sub"]
+
+[[routes]]
+name = "open"
+path = "/open"
+pool = "api"
+"#;
+    let c = f.load(config).unwrap_or_else(|e| panic!("{e}"));
+
+    let providers = &c.proxy.token_providers;
+    assert_eq!(providers.len(), 2);
+    let idp = &providers[1];
+    assert_eq!(idp.name, "idp");
+    assert_eq!(idp.oidc.issuer, "https://login.example.com/tenant/v2.0");
+    assert!(idp.oidc.ca_roots.is_some());
+    assert_eq!(idp.oidc.default_refresh, Duration::from_secs(600));
+    assert_eq!(idp.oidc.unknown_kid_interval, Duration::from_secs(30));
+    assert_eq!(idp.oidc.min_refresh, Duration::from_secs(60));
+    assert_eq!(idp.policy.issuer, idp.oidc.issuer);
+    assert_eq!(
+        idp.policy.audiences,
+        vec!["https://api.example.com".to_owned(), "api".to_owned()]
+    );
+    assert_eq!(
+        idp.policy.algorithms,
+        vec![Algorithm::ES256, Algorithm::RS256]
+    );
+    assert_eq!(idp.policy.leeway, Duration::from_secs(30));
+    assert_eq!(idp.policy.max_token_bytes, 4096);
+    assert_eq!(idp.policy.require_typ.as_deref(), Some("at+jwt"));
+    // The defaults.
+    let other = &providers[0];
+    assert!(other.oidc.ca_roots.is_none());
+    assert_eq!(other.oidc.default_refresh, Duration::from_secs(300));
+    assert_eq!(other.oidc.unknown_kid_interval, Duration::from_secs(10));
+    assert!(other.policy.algorithms.is_empty());
+    assert_eq!(other.policy.leeway, Duration::from_secs(60));
+    assert_eq!(other.policy.max_token_bytes, 8192);
+    assert_eq!(other.policy.require_typ, None);
+
+    let route = |name: &str| {
+        c.proxy
+            .routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("route {name}"))
+    };
+    assert!(route("open").auth.token.is_none());
+    let token = route("reports").auth.token.as_ref().expect("token");
+    assert_eq!(token.provider, 1);
+    assert_eq!(
+        token.sources,
+        vec![
+            TokenSource::Bearer,
+            TokenSource::Cookie("access_token".into()),
+            TokenSource::Header(http::HeaderName::from_static("x-access-token")),
+            TokenSource::Query("access_token".into()),
+        ]
+    );
+    assert!(token.forward_authorization);
+    assert_eq!(
+        token.policy,
+        RoutePolicy {
+            rules: vec![
+                MethodRule {
+                    methods: vec![],
+                    requirements: vec![ClaimRequirement::any_of(
+                        "roles",
+                        &["API.Read", "API.Write"]
+                    )],
+                },
+                MethodRule {
+                    methods: vec![http::Method::POST, http::Method::PUT, http::Method::DELETE],
+                    requirements: vec![
+                        ClaimRequirement::all_of("roles", &["API.Write"]),
+                        ClaimRequirement::any_of("scp", &["write"])
+                            .separated_by(' ')
+                            .contains(),
+                    ],
+                },
+            ],
+        }
+    );
+    assert_eq!(
+        token.claim_headers,
+        vec![ClaimHeader {
+            header: http::HeaderName::from_static("x-user-id"),
+            claims: vec!["oid".into(), "sub".into()],
+        }]
+    );
+}
+
+#[test]
+fn token_route_defaults() {
+    use portcullis::identity::authz::TokenSource;
+
+    let f = Fixture::new();
+    let c = f
+        .load(&format!("{TOKEN_BASE}[routes.token]\nprovider = \"idp\"\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let token = c.proxy.routes[0].auth.token.as_ref().expect("token");
+    assert_eq!(token.provider, 0);
+    assert_eq!(token.sources, vec![TokenSource::Bearer]);
+    assert!(token.policy.rules.is_empty());
+    assert!(token.claim_headers.is_empty());
+    assert!(!token.forward_authorization);
 }

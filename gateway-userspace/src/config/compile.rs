@@ -28,6 +28,7 @@ pub(crate) fn compile(raw: RawConfig, d: &mut Diagnostics) -> Config {
             trusted_proxies: raw.trusted_proxies,
             listeners: raw.listeners,
             pools: raw.pools,
+            token_providers: raw.token_providers,
             routes: raw.routes,
         },
         &admin,

@@ -218,8 +218,8 @@ pub enum ErrorKind {
         reason: super::size::SizeError,
     },
     /// A string that is not an HTTP method token (RFC 9110 section 9.1).
-    #[error("`routes.methods`: `{value}` is not an HTTP method (a token such as `GET`)")]
-    Method { value: String },
+    #[error("`{key}`: `{value}` is not an HTTP method (a token such as `GET`)")]
+    Method { key: String, value: String },
     /// A route host pattern that could never match, or is ambiguous.
     #[error("`routes.hosts`: invalid host `{value}`: {reason}")]
     HostPattern { value: String, reason: String },
@@ -241,6 +241,67 @@ pub enum ErrorKind {
         by: String,
         line: usize,
     },
+    /// A route names a token provider that does not exist.
+    #[error(
+        "unknown token provider `{name}`{}",
+        unknown_provider_hint(suggestion.as_deref(), providers)
+    )]
+    UnknownTokenProvider {
+        name: String,
+        suggestion: Option<String>,
+        providers: Vec<String>,
+    },
+    /// An issuer URL the key fetcher would refuse.
+    #[error("`token_providers.issuer`: `{value}` {reason}")]
+    Issuer { value: String, reason: String },
+    /// A JWS algorithm that is never acceptable.
+    #[error("`token_providers.algorithms`: `{value}` is refused: {reason}")]
+    AlgorithmRefused { value: String, reason: &'static str },
+    /// A size outside what the key allows.
+    #[error("`{key}`: size `{value}` is out of range; expected {min} to {max}")]
+    SizeRange {
+        key: String,
+        value: String,
+        min: &'static str,
+        max: &'static str,
+    },
+    /// A value refused for a reason particular to its key.
+    #[error("`{key}`: invalid value `{value}`: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// A token source that is not `bearer`, `header:`, `query:` or `cookie:`.
+    #[error("`routes.token.sources`: invalid token source `{value}`: {reason}")]
+    TokenSource { value: String, reason: String },
+    /// A string that is not an HTTP header name.
+    #[error("`{key}`: `{value}` is not a valid header name (a token such as `X-User-Id`)")]
+    HeaderName { key: String, value: String },
+    /// A header that claims must not set.
+    #[error("`routes.token.claim_headers.header`: `{value}` cannot carry claims: {reason}")]
+    ForbiddenClaimHeader { value: String, reason: &'static str },
+    /// A claim requirement with both `any` and `all`, or neither.
+    #[error("{}", require_match(*both))]
+    RequireMatch { both: bool },
+}
+
+fn require_match(both: bool) -> &'static str {
+    if both {
+        "[[routes.token.rules.require]] takes `any` or `all`, not both: `any` passes when the \
+         claim holds one of the values, `all` when it holds every one"
+    } else {
+        "[[routes.token.rules.require]] needs `any` (the claim holds one of the values) or `all` \
+         (it holds every one); an empty list only asks for the claim to be present"
+    }
+}
+
+fn unknown_provider_hint(suggestion: Option<&str>, providers: &[String]) -> String {
+    match (suggestion, providers) {
+        (Some(s), _) => format!("; did you mean `{s}`?"),
+        (None, []) => "; no [[token_providers]] are defined".to_owned(),
+        (None, providers) => format!("; defined token providers: {}", providers.join(", ")),
+    }
 }
 
 fn bind_conflict(addr: &std::net::SocketAddr, other: &std::net::SocketAddr, owner: &str) -> String {
@@ -619,6 +680,7 @@ mod tests {
             ),
             (
                 ErrorKind::Method {
+                    key: "routes.methods".into(),
                     value: "GE T".into(),
                 },
                 "`routes.methods`: `GE T` is not an HTTP method (a token such as `GET`)",
@@ -663,6 +725,48 @@ mod tests {
                 },
                 "route `a` (line 7) shadows route `b`: it matches every request `b` would (same \
                  hosts and path, and its methods include all of `b`'s), so `b` would never be used",
+            ),
+            (
+                ErrorKind::UnknownTokenProvider {
+                    name: "x".into(),
+                    suggestion: None,
+                    providers: vec![],
+                },
+                "unknown token provider `x`; no [[token_providers]] are defined",
+            ),
+            (
+                ErrorKind::UnknownTokenProvider {
+                    name: "x".into(),
+                    suggestion: None,
+                    providers: vec!["a".into(), "b".into()],
+                },
+                "unknown token provider `x`; defined token providers: a, b",
+            ),
+            (
+                ErrorKind::SizeRange {
+                    key: "token_providers.max_token_size".into(),
+                    value: "1MiB".into(),
+                    min: "1KiB",
+                    max: "64KiB",
+                },
+                "`token_providers.max_token_size`: size `1MiB` is out of range; expected 1KiB to \
+                 64KiB",
+            ),
+            (
+                ErrorKind::Invalid {
+                    key: "token_providers.audiences".into(),
+                    value: "".into(),
+                    reason: "it is empty".into(),
+                },
+                "`token_providers.audiences`: invalid value ``: it is empty",
+            ),
+            (
+                ErrorKind::HeaderName {
+                    key: "routes.token.claim_headers.header".into(),
+                    value: "X User".into(),
+                },
+                "`routes.token.claim_headers.header`: `X User` is not a valid header name (a token \
+                 such as `X-User-Id`)",
             ),
         ];
         for (kind, expected) in cases {

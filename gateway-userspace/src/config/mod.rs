@@ -20,6 +20,7 @@ mod schema;
 mod size;
 pub(crate) mod source;
 mod tls_files;
+mod token;
 
 use std::path::Path;
 

@@ -19,12 +19,13 @@ use super::proxy_model::{
 };
 use super::proxy_raw::{
     HttpMode, ListenerProtocol, RawAdmin, RawHealth, RawHsts, RawListener, RawListenerTls,
-    RawPassive, RawPool, RawPoolTls, RawProxy, RawRoute, RawTrustedProxies,
+    RawPassive, RawPool, RawPoolTls, RawProxy, RawRoute, RawTokenProvider, RawTrustedProxies,
 };
 use super::reader::Field;
 use super::routes;
 use super::source::Diagnostics;
 use super::tls_files::{self, PairFile};
+use super::token;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -82,6 +83,7 @@ pub(crate) struct RawProxySections {
     pub trusted_proxies: Option<RawTrustedProxies>,
     pub listeners: Vec<RawListener>,
     pub pools: Vec<RawPool>,
+    pub token_providers: Vec<RawTokenProvider>,
     pub routes: Vec<RawRoute>,
 }
 
@@ -167,13 +169,14 @@ pub(crate) fn proxy(
     };
     let listeners = listeners(raw.listeners, load_balancers_declared, admin, d);
     let (pools, pool_names) = pools(raw.pools, d);
-    let routes = routes::routes(raw.routes, &pool_names, d);
+    let (token_providers, provider_names) = token::providers(raw.token_providers, d);
+    let routes = routes::routes(raw.routes, &pool_names, &provider_names, d);
     ProxyConfig {
         listeners,
         trusted,
         routes,
         pools,
-        token_providers: Vec::new(),
+        token_providers,
         drain_timeout: drain_timeout.value_or(defaults::DRAIN_TIMEOUT),
     }
 }

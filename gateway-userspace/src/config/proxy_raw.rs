@@ -1,8 +1,8 @@
 //! The raw proxy sections (`[admin]`, `[proxy]`, `[trusted_proxies]`, `[[listeners]]`,
-//! `[[pools]]`, `[[routes]]`) as written: which keys exist in which table, typed but not yet
-//! checked. [`super::proxy_compile`] owns what the values mean; [`super::raw`] the other
-//! sections. Every sub-table is read even where compile will refuse it (`tls` on a plain
-//! listener), so unknown keys inside it are still reported.
+//! `[[pools]]`, `[[token_providers]]`, `[[routes]]`) as written: which keys exist in which
+//! table, typed but not yet checked. [`super::proxy_compile`] and [`super::token`] own what the
+//! values mean; [`super::raw`] the other sections. Every sub-table is read even where compile
+//! will refuse it (`tls` on a plain listener), so unknown keys inside it are still reported.
 
 use toml::Spanned;
 
@@ -303,6 +303,8 @@ pub(crate) struct RawRoute {
     pub websocket: Field<bool>,
     /// `None` when `timeouts` is not a table (reported); absent reads as all defaults.
     pub timeouts: Option<RawTimeouts>,
+    /// `[routes.token]`: `None` when absent or not a table (reported).
+    pub token: Option<RawRouteToken>,
 }
 
 impl RawRoute {
@@ -320,6 +322,7 @@ impl RawRoute {
             max_body_size: t.value("max_body_size", d),
             websocket: t.value("websocket", d),
             timeouts: t.table("timeouts", d).read_or_default(d, RawTimeouts::read),
+            token: t.table("token", d).read_optional(d, RawRouteToken::read),
         };
         t.finish(d);
         raw
@@ -344,6 +347,154 @@ impl RawTimeouts {
         t.finish(d);
         raw
     }
+}
+
+/// One `[[token_providers]]` entry.
+pub(crate) struct RawTokenProvider {
+    pub name: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
+    pub audiences: Option<Spanned<Strings>>,
+    pub algorithms: Field<Strings>,
+    pub clock_skew: Field<String>,
+    pub max_token_size: Field<RawSize>,
+    pub require_typ: Field<String>,
+    pub ca: Field<String>,
+    pub jwks_refresh: Field<String>,
+    pub unknown_kid_interval: Field<String>,
+}
+
+impl RawTokenProvider {
+    pub(crate) fn read(mut t: Table, d: &mut Diagnostics) -> Self {
+        let raw = Self {
+            name: t.required("name", d),
+            issuer: t.required("issuer", d),
+            audiences: t.required("audiences", d),
+            algorithms: t.value("algorithms", d),
+            clock_skew: t.value("clock_skew", d),
+            max_token_size: t.value("max_token_size", d),
+            require_typ: t.value("require_typ", d),
+            ca: t.value("ca", d),
+            jwks_refresh: t.value("jwks_refresh", d),
+            unknown_kid_interval: t.value("unknown_kid_interval", d),
+        };
+        t.finish(d);
+        raw
+    }
+}
+
+/// `[routes.token]`: the route requires a bearer token.
+pub(crate) struct RawRouteToken {
+    pub provider: Option<Spanned<String>>,
+    pub sources: Field<Strings>,
+    pub forward_authorization: Field<bool>,
+    pub rules: Vec<RawTokenRule>,
+    pub claim_headers: Vec<RawClaimHeader>,
+}
+
+impl RawRouteToken {
+    fn read(mut t: Table, d: &mut Diagnostics) -> Self {
+        let raw = Self {
+            provider: t.required("provider", d),
+            sources: t.value("sources", d),
+            forward_authorization: t.value("forward_authorization", d),
+            rules: t
+                .tables("rules", d)
+                .into_iter()
+                .map(|t| RawTokenRule::read(t, d))
+                .collect(),
+            claim_headers: t
+                .tables("claim_headers", d)
+                .into_iter()
+                .map(|t| RawClaimHeader::read(t, d))
+                .collect(),
+        };
+        t.finish(d);
+        raw
+    }
+}
+
+/// One `[[routes.token.rules]]` entry.
+pub(crate) struct RawTokenRule {
+    pub header: Span,
+    pub methods: Field<Strings>,
+    /// `None` when absent (reported) or not an array of tables.
+    pub require: Field<Vec<RawRequirement>>,
+}
+
+impl RawTokenRule {
+    fn read(mut t: Table, d: &mut Diagnostics) -> Self {
+        let methods = t.value("methods", d);
+        let require = match t.tables_field("require", d) {
+            Field::Present(tables) => {
+                let span = tables.span();
+                let list = tables
+                    .into_inner()
+                    .into_iter()
+                    .map(|t| RawRequirement::read(t, d))
+                    .collect();
+                Field::Present(Spanned::new(span, list))
+            }
+            Field::Absent => Field::Absent,
+            Field::Invalid => Field::Invalid,
+        };
+        let raw = Self {
+            header: t.span().clone(),
+            methods,
+            require,
+        };
+        t.finish(d);
+        raw
+    }
+}
+
+// `op` of a claim requirement.
+pub(crate) use crate::identity::authz::Op as ClaimOp;
+
+/// One `[[routes.token.rules.require]]` entry.
+pub(crate) struct RawRequirement {
+    pub header: Span,
+    pub claim: Option<Spanned<String>>,
+    pub any: Field<Strings>,
+    pub all: Field<Strings>,
+    pub separator: Field<String>,
+    pub op: Field<ClaimOp>,
+}
+
+impl RawRequirement {
+    fn read(mut t: Table, d: &mut Diagnostics) -> Self {
+        let raw = Self {
+            header: t.span().clone(),
+            claim: t.required("claim", d),
+            any: t.value("any", d),
+            all: t.value("all", d),
+            separator: t.value("separator", d),
+            op: t.keyword("op", d),
+        };
+        t.finish(d);
+        raw
+    }
+}
+
+/// One `[[routes.token.claim_headers]]` entry.
+pub(crate) struct RawClaimHeader {
+    pub header: Option<Spanned<String>>,
+    pub claims: Option<Spanned<Strings>>,
+}
+
+impl RawClaimHeader {
+    fn read(mut t: Table, d: &mut Diagnostics) -> Self {
+        let raw = Self {
+            header: t.required("header", d),
+            claims: t.required("claims", d),
+        };
+        t.finish(d);
+        raw
+    }
+}
+
+impl Keyword for ClaimOp {
+    const WORDS: &'static [(&'static str, Self)] =
+        &[("equals", Self::Equals), ("contains", Self::Contains)];
 }
 
 impl Keyword for ListenerProtocol {

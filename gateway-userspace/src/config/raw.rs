@@ -11,7 +11,9 @@ use toml::Spanned;
 use toml::de::DeTable;
 
 use super::model::{AttachMode, LogFormat, LogLevel};
-use super::proxy_raw::{RawAdmin, RawListener, RawPool, RawProxy, RawRoute, RawTrustedProxies};
+use super::proxy_raw::{
+    RawAdmin, RawListener, RawPool, RawProxy, RawRoute, RawTokenProvider, RawTrustedProxies,
+};
 use super::reader::{Field, Keyword, Table};
 use super::source::{Diagnostics, Span};
 use crate::rules::{Mode, UnknownCountry};
@@ -33,6 +35,7 @@ pub(crate) struct RawConfig {
     pub trusted_proxies: Option<RawTrustedProxies>,
     pub listeners: Vec<RawListener>,
     pub pools: Vec<RawPool>,
+    pub token_providers: Vec<RawTokenProvider>,
     pub routes: Vec<RawRoute>,
 }
 
@@ -65,6 +68,11 @@ impl RawConfig {
                 .tables("pools", d)
                 .into_iter()
                 .map(|t| RawPool::read(t, d))
+                .collect(),
+            token_providers: root
+                .tables("token_providers", d)
+                .into_iter()
+                .map(|t| RawTokenProvider::read(t, d))
                 .collect(),
             routes: root
                 .tables("routes", d)

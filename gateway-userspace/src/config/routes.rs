@@ -1,6 +1,6 @@
 //! Compiles `[[routes]]`: host patterns, paths and methods checked and normalized, pool names
 //! resolved to indexes, routes sorted into match order, and routes that could never match
-//! (shadowed by an earlier one) refused. Matching requests against routes is the proxy's job.
+//! (shadowed by an earlier one) refused. `[routes.token]` compiles in [`super::token`]. Matching requests against routes is the proxy's job.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -10,11 +10,12 @@ use toml::Spanned;
 use super::compile::{Names, is_valid_name};
 use super::error::ErrorKind;
 use super::proxy_compile::{defaults, duration, integer};
-use super::proxy_model::{HostMatch, PathMatch, RouteConfig, RouteTimeouts};
+use super::proxy_model::{HostMatch, PathMatch, RouteAuth, RouteConfig, RouteTimeouts};
 use super::proxy_raw::{PathMatchKind, RawRoute, RawTimeouts};
 use super::reader::{Field, closest};
 use super::size;
 use super::source::{Diagnostics, Span};
+use super::token;
 
 /// A compiled route with what the shadowing check needs to know about its source.
 struct Compiled {
@@ -25,17 +26,18 @@ struct Compiled {
     clean: bool,
 }
 
-/// The routes in match order. `pool_names` are the pools' names by index (`None` where a pool
-/// has none).
+/// The routes in match order. `pool_names` and `provider_names` are the pools' and token
+/// providers' names by index (`None` where one has none).
 pub(crate) fn routes(
     raw: Vec<RawRoute>,
     pool_names: &[Option<String>],
+    provider_names: &[Option<String>],
     d: &mut Diagnostics,
 ) -> Vec<RouteConfig> {
     let mut names = Names::new("route");
     let mut compiled: Vec<Compiled> = raw
         .into_iter()
-        .map(|r| route(r, &mut names, pool_names, d))
+        .map(|r| route(r, &mut names, pool_names, provider_names, d))
         .collect();
     // Stable: routes equally specific keep their config order, which decides between them.
     compiled.sort_by_key(|c| specificity(&c.route));
@@ -47,6 +49,7 @@ fn route(
     r: RawRoute,
     names: &mut Names,
     pool_names: &[Option<String>],
+    provider_names: &[Option<String>],
     d: &mut Diagnostics,
 ) -> Compiled {
     if let Some(name) = &r.name {
@@ -73,7 +76,7 @@ fn route(
         }
         p.get_ref().clone()
     });
-    let methods = methods(&r.methods, d);
+    let methods = methods(&r.methods, "routes.methods", d);
     let clean = d.error_count() == errors_before
         && r.path.is_some()
         && !matches!(r.hosts, Field::Invalid)
@@ -114,7 +117,12 @@ fn route(
             retries: u32::try_from(retries).unwrap_or(0),
             max_body_bytes,
             websocket: r.websocket.value_or(false),
-            auth: Default::default(),
+            auth: RouteAuth {
+                token: r
+                    .token
+                    .as_ref()
+                    .map(|t| token::route_token(t, provider_names, d)),
+            },
         },
         header: r.header,
         clean,
@@ -292,19 +300,24 @@ pub(crate) fn health_path_problem(path: &str) -> Option<&'static str> {
 }
 
 /// RFC 9110 section 5.6.2: `tchar`.
-fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn methods(raw: &Field<Vec<Spanned<String>>>, d: &mut Diagnostics) -> Vec<http::Method> {
+/// HTTP methods, upper-cased, for `key`; absent is empty (any method).
+pub(crate) fn methods(
+    raw: &Field<Vec<Spanned<String>>>,
+    key: &str,
+    d: &mut Diagnostics,
+) -> Vec<http::Method> {
     let Some(list) = raw.present() else {
         return Vec::new();
     };
     if list.get_ref().is_empty() {
         let kind = ErrorKind::EmptyList {
-            key: "routes.methods".into(),
+            key: key.into(),
             hint: "list at least one method, or remove the key to match any method",
         };
         d.at(&list.span(), kind);
@@ -318,13 +331,14 @@ fn methods(raw: &Field<Vec<Spanned<String>>>, d: &mut Diagnostics) -> Vec<http::
         match method {
             None => {
                 let kind = ErrorKind::Method {
+                    key: key.into(),
                     value: m.get_ref().clone(),
                 };
                 d.at(&m.span(), kind);
             }
             Some(method) if out.contains(&method) => {
                 let kind = ErrorKind::Duplicate {
-                    key: "routes.methods".into(),
+                    key: key.into(),
                     value: m.get_ref().clone(),
                 };
                 d.at(&m.span(), kind);

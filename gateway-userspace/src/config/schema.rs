@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::model::{AttachMode, LogFormat, LogLevel};
 use super::proxy_model::{Balance, ClientIpHeader, TlsVersion, UpstreamProtocol};
-use super::proxy_raw::{HttpMode, ListenerProtocol, PathMatchKind};
+use super::proxy_raw::{ClaimOp, HttpMode, ListenerProtocol, PathMatchKind};
 use super::reader::Keyword;
 use crate::rules::{Mode, UnknownCountry};
 
@@ -105,6 +105,7 @@ keyword_schema!(
     Balance,
     UpstreamProtocol,
     PathMatchKind,
+    ClaimOp,
 );
 
 /// A string schema with a pattern the reader's own check is stricter than or equal to.
@@ -170,6 +171,8 @@ struct ConfigFile {
     listeners: Option<Vec<Listener>>,
     /// Backend pools (the fleets routes send to).
     pools: Option<Vec<Pool>>,
+    /// OpenID Connect providers whose signed JWTs routes accept.
+    token_providers: Option<Vec<TokenProvider>>,
     /// Routes: which requests go to which pool. Matched most specific first.
     routes: Option<Vec<Route>>,
 }
@@ -510,6 +513,126 @@ struct Route {
     websocket: Option<bool>,
     /// Upstream timeouts.
     timeouts: Option<Timeouts>,
+    /// Require a bearer token from a [[token_providers]] entry.
+    token: Option<RouteTokenSection>,
+}
+
+/// One `[[token_providers]]` entry: an OpenID Connect issuer whose signed JWTs routes accept.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct TokenProvider {
+    /// Unique; routes name it in `[routes.token] provider`.
+    name: Name,
+    /// The exact `iss` of its tokens; discovery is at <issuer>/.well-known/openid-configuration.
+    /// http:// only to loopback hosts; https:// needs `ca` (there are no built-in web roots).
+    #[schemars(regex(pattern = r"^https?://"))]
+    issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    audiences: Vec<String>,
+    /// Accepted signature algorithms; absent: the keys' own. `none` and HS256/384/512 are
+    /// refused.
+    #[schemars(
+        length(min = 1),
+        inner(regex(pattern = r"^(RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|EdDSA)$")),
+        extend("uniqueItems" = true)
+    )]
+    algorithms: Option<Vec<String>>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`. At most 5m.
+    #[schemars(extend("default" = "60s"))]
+    clock_skew: Option<DurationStr>,
+    /// Longer tokens are refused before decoding. 1KiB to 64KiB.
+    #[schemars(extend("default" = "8KiB"))]
+    max_token_size: Option<Size>,
+    /// Required JOSE `typ` (such as "at+jwt", RFC 9068), any case, with or without
+    /// "application/"; absent: any.
+    #[schemars(length(min = 1))]
+    require_typ: Option<String>,
+    /// PEM bundle of the CA certificates the issuer's https certificate must chain to.
+    ca: Option<FilePath>,
+    /// How often the signing keys are refetched when the JWKS response has no max-age. 1m to
+    /// 24h.
+    #[schemars(extend("default" = "5m"))]
+    jwks_refresh: Option<DurationStr>,
+    /// At most one refetch per this interval for a token signed with an unknown key. 1s to 10m.
+    #[schemars(extend("default" = "10s"))]
+    unknown_kid_interval: Option<DurationStr>,
+}
+
+/// `[routes.token]`: the route requires a valid bearer token.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct RouteTokenSection {
+    /// The [[token_providers]] entry whose tokens are accepted.
+    provider: Name,
+    /// Where the token may come from: "bearer" (Authorization: Bearer), "header:<name>",
+    /// "query:<parameter>" or "cookie:<name>". A token in two places is refused.
+    #[schemars(
+        length(min = 1),
+        inner(regex(pattern = r"^(bearer|header:.+|query:.+|cookie:.+)$")),
+        extend("uniqueItems" = true, "default" = ["bearer"])
+    )]
+    sources: Option<Vec<String>>,
+    /// Pass the Authorization header on to the backend; by default it is removed.
+    #[schemars(extend("default" = false))]
+    forward_authorization: Option<bool>,
+    /// Claims rules: every rule whose methods match the request must pass.
+    rules: Option<Vec<TokenRule>>,
+    /// Claims copied into request headers; copies sent by the client are always removed.
+    claim_headers: Option<Vec<ClaimHeaderSection>>,
+}
+
+/// One `[[routes.token.rules]]` entry: claims required for some methods.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct TokenRule {
+    /// HTTP methods the rule applies to; absent: every method.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    methods: Option<Vec<Method>>,
+    /// Claim requirements, all of which must hold.
+    #[schemars(length(min = 1))]
+    require: Vec<Requirement>,
+}
+
+/// One `[[routes.token.rules.require]]` entry: a claim and the values it must hold.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields, transform = requirement_rules)]
+struct Requirement {
+    /// The claim's name; a dotted path reaches into objects ("realm_access.roles").
+    #[schemars(length(min = 1))]
+    claim: String,
+    /// The claim holds at least one of these; an empty list: the claim is present.
+    #[schemars(extend("uniqueItems" = true))]
+    any: Option<Vec<String>>,
+    /// The claim holds every one of these.
+    #[schemars(extend("uniqueItems" = true))]
+    all: Option<Vec<String>>,
+    /// Splits string claim values (such as " " for a `scp` string).
+    #[schemars(length(min = 1, max = 1))]
+    separator: Option<String>,
+    /// How a claim value is compared with a wanted one.
+    #[schemars(extend("default" = "equals"))]
+    op: Option<ClaimOp>,
+}
+
+/// Exactly one of `any` and `all`.
+fn requirement_rules(schema: &mut Schema) {
+    schema.insert(
+        "oneOf".into(),
+        serde_json::json!([{ "required": ["any"] }, { "required": ["all"] }]),
+    );
+}
+
+/// One `[[routes.token.claim_headers]]` entry: a request header set from claims.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct ClaimHeaderSection {
+    /// The header set; not a hop-by-hop, forwarding, Host, Authorization or Cookie header.
+    #[schemars(regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
+    header: String,
+    /// Claims tried in order; the first one present is copied.
+    #[schemars(length(min = 1))]
+    claims: Vec<String>,
 }
 
 /// `[routes.timeouts]`: how long each step of an upstream exchange may take.
@@ -804,11 +927,24 @@ ca = "c.pem"
 [pools.health]
 path = "/"
 [pools.passive]
+[[token_providers]]
+name = "idp"
+issuer = "http://127.0.0.1:9000"
+audiences = ["api"]
 [[routes]]
 name = "r"
 path = "/"
 pool = "p"
 [routes.timeouts]
+[routes.token]
+provider = "idp"
+[[routes.token.rules]]
+[[routes.token.rules.require]]
+claim = "roles"
+any = []
+[[routes.token.claim_headers]]
+header = "x-user"
+claims = ["sub"]
 "#;
         fn fill(
             schema: &Value,

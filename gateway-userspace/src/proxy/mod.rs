@@ -7,6 +7,7 @@
 pub mod backstop;
 pub mod client_ip;
 pub mod headers;
+pub mod identity;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod respond;
@@ -40,6 +41,8 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("token provider")]
+    TokenProvider(#[from] crate::identity::oidc::OidcError),
     #[error("TLS configuration of listener {name}")]
     Tls {
         name: String,
@@ -51,6 +54,7 @@ pub enum ProxyError {
 /// A reload's fallible half, ready to commit.
 pub struct Prepared {
     acceptors: Vec<(String, TlsAcceptor)>,
+    providers: Vec<Arc<identity::TokenProvider>>,
     added: Vec<(String, SocketAddr, TcpListener, usize)>,
 }
 
@@ -100,7 +104,8 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyError> {
         let acceptors = Arc::new(ArcSwap::from_pointee(acceptors(cfg)?));
-        let state = Arc::new(ArcSwap::new(ProxyState::new(cfg, backstop)));
+        let providers = identity::providers(cfg, &[])?;
+        let state = Arc::new(ArcSwap::new(ProxyState::new(cfg, backstop, providers)));
         let probe_state = state.clone();
         metrics.set_upstream_probe(Box::new(move || {
             let current = probe_state.load();
@@ -127,6 +132,18 @@ impl Proxy {
         Ok(proxy)
     }
 
+    /// Whether every token provider has loaded its keys (readiness: until then, tokens for
+    /// its routes are refused).
+    pub fn ready(&self) -> bool {
+        self.state.load().providers.iter().all(|p| p.ready())
+    }
+
+    /// The same check as [`Proxy::ready`], for the admin endpoint to call on each `/ready`.
+    pub fn readiness_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.load().providers.iter().all(|p| p.ready())
+    }
+
     /// Where each listener is bound (the real port when the config said port 0).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.running
@@ -140,6 +157,7 @@ impl Proxy {
     pub async fn prepare(&self, cfg: &ProxyConfig) -> Result<Prepared, ProxyError> {
         Ok(Prepared {
             acceptors: acceptors(cfg)?,
+            providers: identity::providers(cfg, &self.state.load().providers)?,
             added: self.bind_new(cfg).await?,
         })
     }
@@ -149,7 +167,8 @@ impl Proxy {
     /// address are unchanged keep their socket, so no connection is dropped.
     pub fn commit(&mut self, cfg: &ProxyConfig, prepared: Prepared, backstop: Backstop) {
         self.acceptors.store(Arc::new(prepared.acceptors));
-        self.state.store(ProxyState::new(cfg, backstop));
+        self.state
+            .store(ProxyState::new(cfg, backstop, prepared.providers));
         for (name, bind, tcp, max) in prepared.added {
             self.spawn(name, bind, tcp, max);
         }

@@ -44,6 +44,14 @@ pub enum Denial {
     PayloadTooLarge { limit: u64 },
     /// A gateway rule refused the client (userspace backstop: deny, geo, ban).
     Forbidden { rule: String },
+    /// The route needs a token and none was presented (RFC 6750 section 3.1: no error code).
+    TokenMissing,
+    /// The token was presented more than once or malformed in its location (`invalid_request`).
+    TokenRequestInvalid,
+    /// The token failed validation (`invalid_token`).
+    TokenInvalid,
+    /// The token is valid but its claims do not satisfy the route (`insufficient_scope`).
+    InsufficientClaims,
     /// Every endpoint of the pool is unhealthy or ejected.
     NoHealthyUpstream,
     /// Connecting to the backend failed or it answered with something that is not HTTP.
@@ -59,7 +67,9 @@ impl Denial {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::InsufficientClaims => StatusCode::FORBIDDEN,
+            Self::TokenMissing | Self::TokenInvalid => StatusCode::UNAUTHORIZED,
+            Self::TokenRequestInvalid => StatusCode::BAD_REQUEST,
             Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -74,6 +84,10 @@ impl Denial {
             Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Forbidden { .. } => "forbidden",
+            Self::TokenMissing => "token_missing",
+            Self::TokenRequestInvalid => "token_request_invalid",
+            Self::TokenInvalid => "token_invalid",
+            Self::InsufficientClaims => "insufficient_claims",
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::BadGateway => "bad_gateway",
             Self::GatewayTimeout => "gateway_timeout",
@@ -86,8 +100,27 @@ impl Denial {
             | Self::MethodNotAllowed(_)
             | Self::BadRequest(_)
             | Self::PayloadTooLarge { .. }
-            | Self::Forbidden { .. } => Side::Client,
+            | Self::Forbidden { .. }
+            | Self::TokenMissing
+            | Self::TokenRequestInvalid
+            | Self::TokenInvalid
+            | Self::InsufficientClaims => Side::Client,
             Self::NoHealthyUpstream | Self::BadGateway | Self::GatewayTimeout => Side::Upstream,
+        }
+    }
+
+    /// `WWW-Authenticate` for token problems (RFC 6750 section 3).
+    fn www_authenticate(&self) -> Option<&'static str> {
+        match self {
+            Self::TokenMissing => Some("Bearer realm=\"portcullis\""),
+            Self::TokenRequestInvalid => {
+                Some("Bearer realm=\"portcullis\", error=\"invalid_request\"")
+            }
+            Self::TokenInvalid => Some("Bearer realm=\"portcullis\", error=\"invalid_token\""),
+            Self::InsufficientClaims => {
+                Some("Bearer realm=\"portcullis\", error=\"insufficient_scope\"")
+            }
+            _ => None,
         }
     }
 
@@ -100,6 +133,12 @@ impl Denial {
                 format!("The request body exceeds the limit of {limit} bytes.")
             }
             Self::Forbidden { .. } => "The client is not allowed to use this service.".into(),
+            Self::TokenMissing => "This route requires a bearer token.".into(),
+            Self::TokenRequestInvalid => {
+                "The access token was presented in more than one place or malformed.".into()
+            }
+            Self::TokenInvalid => "The access token is not valid.".into(),
+            Self::InsufficientClaims => "The access token does not grant this operation.".into(),
             Self::NoHealthyUpstream => "No healthy backend is available.".into(),
             Self::BadGateway => {
                 "The backend could not be reached or gave an invalid response.".into()
@@ -128,6 +167,9 @@ pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
         HeaderValue::from_static("application/problem+json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(v) = denial.www_authenticate() {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
+    }
     if let Denial::MethodNotAllowed(methods) = denial {
         let allow = methods
             .iter()
@@ -170,6 +212,10 @@ mod tests {
             Denial::Forbidden {
                 rule: "deny:x".into(),
             },
+            Denial::TokenMissing,
+            Denial::TokenRequestInvalid,
+            Denial::TokenInvalid,
+            Denial::InsufficientClaims,
             Denial::NoHealthyUpstream,
             Denial::BadGateway,
             Denial::GatewayTimeout,

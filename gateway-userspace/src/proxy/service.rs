@@ -47,6 +47,8 @@ pub struct ProxyState {
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<ListenerConfig>,
     pub backstop: Backstop,
+    /// Token providers, index for index with the config's `token_providers`.
+    pub providers: Vec<Arc<super::identity::TokenProvider>>,
     pub drain_timeout: Duration,
     /// Dropping the state stops its health-check tasks.
     health_stop: tokio::sync::watch::Sender<bool>,
@@ -60,7 +62,11 @@ impl Drop for ProxyState {
 
 impl ProxyState {
     /// Builds a generation and starts its health checks (needs a Tokio runtime).
-    pub fn new(cfg: &ProxyConfig, backstop: Backstop) -> Arc<Self> {
+    pub fn new(
+        cfg: &ProxyConfig,
+        backstop: Backstop,
+        providers: Vec<Arc<super::identity::TokenProvider>>,
+    ) -> Arc<Self> {
         let pools: Vec<Arc<Pool>> = cfg.pools.iter().map(|p| Arc::new(Pool::new(p))).collect();
         let (health_stop, stop_rx) = tokio::sync::watch::channel(false);
         for p in &pools {
@@ -84,6 +90,7 @@ impl ProxyState {
             pools,
             listeners: cfg.listeners.clone(),
             backstop,
+            providers,
             drain_timeout: cfg.drain_timeout,
             health_stop,
         })
@@ -321,6 +328,27 @@ async fn phases(
         });
     }
 
+    // Identity and authorization: only for routes that require a token.
+    let mut claims = None;
+    if let Some(requirement) = &route_cfg.auth.token {
+        match super::identity::authenticate(
+            requirement,
+            &state.providers,
+            &method,
+            req.headers(),
+            req.uri().query(),
+        )
+        .await
+        {
+            Ok(c) => claims = Some(c),
+            Err(refusal) => {
+                ex.phase = refusal.phase;
+                ex.rule = refusal.rule;
+                return Err(refusal.denial);
+            }
+        }
+    }
+
     ex.phase = "upstream";
     let upgrade = is_websocket(&req);
     if upgrade && !route_cfg.websocket {
@@ -331,6 +359,9 @@ async fn phases(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(requirement) = &route_cfg.auth.token {
+        super::identity::forward_identity(requirement, &mut parts.headers, claims.as_ref());
+    }
     if !parts.headers.contains_key(header::HOST)
         && let Some(v) = parts
             .uri
