@@ -559,7 +559,7 @@ pub fn presented_key<'a>(
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         // A parameter whose name does not decode cannot be ours; skip it as a backend would.
-        let Ok(name) = form_decode(name) else {
+        let Some(name) = crate::identity::encoding::form_decode(name) else {
             continue;
         };
         if name != query_param {
@@ -568,59 +568,14 @@ pub fn presented_key<'a>(
         if found.is_some() {
             return Err(ExtractError::DuplicateQueryParam);
         }
-        found = Some(form_decode(value).map_err(|()| ExtractError::InvalidQueryParam)?);
+        found = Some(
+            crate::identity::encoding::form_decode(value).ok_or(ExtractError::InvalidQueryParam)?,
+        );
     }
     Ok(found.filter(|v| !v.is_empty()).map(|value| PresentedKey {
         value,
         source: KeySource::Query,
     }))
-}
-
-/// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a byte, a
-/// `%` not followed by two hex digits stays as it is (the WHATWG URL rules). Fails when the
-/// bytes are not UTF-8.
-fn form_decode(s: &str) -> Result<Cow<'_, str>, ()> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Ok(Cow::Borrowed(s));
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => match (
-                bytes.get(i + 1).and_then(|&b| hex_value(b)),
-                bytes.get(i + 2).and_then(|&b| hex_value(b)),
-            ) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map(Cow::Owned).map_err(|_| ())
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1046,7 +1001,8 @@ fn digest(s: &str, at: usize, key: &'static str, cx: &mut Cx<'_>) -> Option<KeyD
     let hex = &s.as_bytes()[HASH_PREFIX.len()..];
     let mut out = [0u8; 32];
     for (i, pair) in hex.chunks(2).enumerate() {
-        out[i] = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+        out[i] = (crate::identity::encoding::hex_value(pair[0])? << 4)
+            | crate::identity::encoding::hex_value(pair[1])?;
     }
     let d = KeyDigest(out);
     if d == KeyDigest::of(b"") {

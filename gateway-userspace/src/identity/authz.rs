@@ -201,7 +201,7 @@ fn from_query<'a>(
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         // A parameter whose name does not decode cannot be ours.
-        let Some(name) = form_decode(name) else {
+        let Some(name) = crate::identity::encoding::form_decode(name) else {
             continue;
         };
         if name != param {
@@ -210,7 +210,7 @@ fn from_query<'a>(
         if found.is_some() {
             return Err(ExtractError::DuplicateQueryParam(param.to_owned()));
         }
-        let value = form_decode(value)
+        let value = crate::identity::encoding::form_decode(value)
             .ok_or_else(|| ExtractError::MalformedQueryParam(param.to_owned()))?;
         if value.is_empty() {
             return Err(ExtractError::MalformedQueryParam(param.to_owned()));
@@ -218,52 +218,6 @@ fn from_query<'a>(
         found = Some(value);
     }
     Ok(found)
-}
-
-/// One `application/x-www-form-urlencoded` component (RFC 6750 §2.3 uses that encoding): `+` is a
-/// space, `%XX` a byte, a `%` without two hex digits stays as it is. `None` when not UTF-8.
-fn form_decode(s: &str) -> Option<Cow<'_, str>> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Some(Cow::Borrowed(s));
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => match (
-                bytes.get(i + 1).and_then(|&b| hex_value(b)),
-                bytes.get(i + 2).and_then(|&b| hex_value(b)),
-            ) {
-                (Some(hi), Some(lo)) => {
-                    out.push((hi << 4) | lo);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok().map(Cow::Owned)
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// RFC 6265 §4.2.1 / §5.4: `cookie-string = cookie-pair *( ";" SP cookie-pair )`. Every `Cookie`

@@ -1,6 +1,8 @@
 //! Strict base64url (RFC 4648 §5, no padding) and JSON objects without duplicate members,
 //! shared by the identity modules (JWT, API keys, mTLS).
 
+use std::borrow::Cow;
+
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -96,6 +98,52 @@ pub(crate) fn json_object(bytes: &[u8]) -> Option<Map<String, Value>> {
     serde_json::from_slice::<StrictObject>(bytes)
         .ok()
         .map(|o| o.0)
+}
+
+/// One `application/x-www-form-urlencoded` component (query parameters: RFC 6750 §2.3 tokens, API keys): `+` is a
+/// space, `%XX` a byte, a `%` without two hex digits stays as it is. `None` when not UTF-8.
+pub fn form_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => match (
+                bytes.get(i + 1).and_then(|&b| hex_value(b)),
+                bytes.get(i + 2).and_then(|&b| hex_value(b)),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi << 4) | lo);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+pub fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
