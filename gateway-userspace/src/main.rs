@@ -57,6 +57,24 @@ enum Command {
     },
     /// Print the JSON Schema of the config file (for editors; docs/portcullis.schema.json).
     Schema,
+    /// Make and hash API keys for the `[api_keys]` key file.
+    Key {
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print the `sha256:` hash of a key, the form the key file stores.
+    Hash {
+        /// The key, or `-` to read it from standard input (one line), so that the key does
+        /// not end up in the shell history or the process list.
+        key: String,
+    },
+    /// Print a new random key (`key:`) and its hash (`hash:`); only the hash goes in the key
+    /// file.
+    Generate,
 }
 
 #[derive(Subcommand)]
@@ -211,6 +229,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
             Ok(())
         }
+        Command::Key { action } => key(action),
         Command::Ban { action } => ban(action),
         Command::Stats { target, json } => stats(&target.pin_root()?, json),
         Command::Detach { target } => {
@@ -225,6 +244,33 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn key(action: KeyCommand) -> Result<(), Failure> {
+    use portcullis::identity::api_keys::{hash_key, try_generate_key};
+    match action {
+        KeyCommand::Hash { key } => {
+            let key = if key == "-" {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the key from standard input")?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                key
+            };
+            if key.is_empty() {
+                return Err(anyhow::anyhow!("the key is empty").into());
+            }
+            println!("{}", hash_key(&key));
+        }
+        KeyCommand::Generate => {
+            let key = try_generate_key().context("the random number generator failed")?;
+            println!("key: {key}");
+            println!("hash: {}", hash_key(&key));
+        }
+    }
+    Ok(())
 }
 
 fn parse_prefix(s: &str) -> Result<Prefix, Failure> {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portcullis::config::{AttachMode, Config, LogFormat, LogLevel, load};
+use portcullis::identity::api_keys::hash_key;
 use portcullis::rules::{DenySet, Mode, Prefix};
 
 /// A temporary directory holding a config and the files it references.
@@ -1068,6 +1069,15 @@ fn the_proxy_example_loads_with_generated_certificates() {
     f.cert("example", &["api.example.com", "*.example.com"]);
     f.cert("backend-ca", &["orders.internal"]);
     f.cert("idp-ca", &["login.example.com"]);
+    // A hash of a throwaway key: no secret is committed or needed.
+    f.file(
+        "api-keys.toml",
+        format!(
+            "[[keys]]\nid = \"shop-client\"\nowner = \"Example shop\"\nprimary = \"{}\"\n\
+             scope = {{ product = \"shop\" }}\n",
+            hash_key("example-test-key")
+        ),
+    );
     let c = f
         .load(&example)
         .unwrap_or_else(|e| panic!("examples/proxy.toml:\n{e}"));
@@ -1086,6 +1096,9 @@ fn the_proxy_example_loads_with_generated_certificates() {
             .any(|p| p.tls.is_some() && p.health.is_some())
     );
     assert!(!c.proxy.routes.is_empty());
+    let keys = c.proxy.api_keys.as_ref().expect("[api_keys]");
+    assert_eq!(keys.store.len(), 1);
+    assert!(c.proxy.routes.iter().any(|r| r.auth.api_key));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1387,4 +1400,150 @@ fn token_route_defaults() {
     assert!(token.policy.rules.is_empty());
     assert!(token.claim_headers.is_empty());
     assert!(!token.forward_authorization);
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys: [api_keys] and routes that require a key.
+
+/// A pool and the start of a route: the base the API key cases vary.
+const KEYS_BASE: &str = "[kernel]\nenabled = false\n\n\
+[[pools]]\nname = \"api\"\nendpoints = [\"127.0.0.1:9001\"]\n\n\
+[[routes]]\nname = \"orders\"\nproduct = \"shop\"\npath = \"/orders\"\npool = \"api\"\napi_key = true\n";
+
+/// A key file entry with the hash of a throwaway key.
+fn key_entry(id: &str, scope: &str) -> String {
+    format!(
+        "[[keys]]\nid = \"{id}\"\nowner = \"Owner of {id}\"\nprimary = \"{}\"\nscope = {scope}\n",
+        hash_key(&format!("test-key-{id}"))
+    )
+}
+
+#[test]
+fn api_key_route_without_api_keys_section() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.check(KEYS_BASE),
+        "$DIR/portcullis.toml:13:11: error: `routes.api_key`: the route requires an API key, but \
+         there is no [api_keys] section naming the key file"
+    );
+}
+
+#[test]
+fn missing_key_file() {
+    let f = Fixture::new();
+    let err = f.check(&format!("[api_keys]\nfile = \"keys.toml\"\n\n{KEYS_BASE}"));
+    assert!(
+        err.starts_with(
+            "$DIR/portcullis.toml:2:8: error: `api_keys.file`: cannot read the key file \
+             `keys.toml`: "
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn key_file_errors_are_located_in_the_key_file() {
+    let f = Fixture::new();
+    f.file(
+        "keys.toml",
+        format!(
+            "{}\n[[keys]]\nid = \"b\"\nowner = \"B\"\nprimary = \"not-a-hash\"\nscope = \"all\"\n",
+            key_entry("a", "\"all\"")
+        ),
+    );
+    assert_eq!(
+        f.check(&format!("[api_keys]\nfile = \"keys.toml\"\n\n{KEYS_BASE}")),
+        "$DIR/keys.toml:10:11: error: `primary`: it does not start with `sha256:` (store the \
+         key's hash, never the key); expected `sha256:` and 64 lowercase hex digits \
+         (`portcullis key hash` prints it)"
+    );
+}
+
+#[test]
+fn key_scope_naming_no_route_is_refused_in_the_key_file() {
+    let f = Fixture::new();
+    f.file(
+        "keys.toml",
+        format!(
+            "{}\n{}\n{}",
+            key_entry("good", "{ api = \"orders\" }"),
+            key_entry("typo", "{ product = \"shpo\" }"),
+            key_entry("gone", "{ api = \"invoices\" }"),
+        ),
+    );
+    assert_eq!(
+        f.check(&format!("[api_keys]\nfile = \"keys.toml\"\n\n{KEYS_BASE}")),
+        "$DIR/keys.toml:7:1: error: key `typo`: its scope names product `shpo`, which no route \
+         has; the key would be refused everywhere\n\
+         $DIR/keys.toml:13:1: error: key `gone`: its scope names api `invoices`, which no route \
+         has; the key would be refused everywhere"
+    );
+}
+
+#[test]
+fn forbidden_and_invalid_api_key_headers() {
+    let f = Fixture::new();
+    f.file("keys.toml", key_entry("a", "\"all\""));
+    assert_eq!(
+        f.check(&format!(
+            "[api_keys]\nfile = \"keys.toml\"\nheader = \"Authorization\"\n\n{KEYS_BASE}"
+        )),
+        "$DIR/portcullis.toml:3:10: error: `api_keys.header`: `Authorization` cannot carry API \
+         keys: it carries the request itself (its target, framing or credentials)"
+    );
+    assert_eq!(
+        f.check(&format!(
+            "[api_keys]\nfile = \"keys.toml\"\nheader = \"Connection\"\nquery_param = \"\"\n\n\
+             {KEYS_BASE}"
+        )),
+        "$DIR/portcullis.toml:3:10: error: `api_keys.header`: `Connection` cannot carry API \
+         keys: it is a hop-by-hop header, which applies to one connection and is not forwarded\n\
+         $DIR/portcullis.toml:4:15: error: `api_keys.query_param`: invalid value ``: the \
+         parameter name must not be empty"
+    );
+}
+
+#[test]
+fn valid_api_keys_compile() {
+    let f = Fixture::new();
+    let keys = f.file(
+        "keys.toml",
+        format!(
+            "{}\n{}",
+            key_entry("all", "\"all\""),
+            key_entry("shop", "{ product = \"shop\" }")
+        ),
+    );
+    let config = format!(
+        "[api_keys]\nfile = \"keys.toml\"\nheader = \"X-Api-Key\"\nquery_param = \"key\"\n\n\
+         {KEYS_BASE}\n[[routes]]\nname = \"open\"\npath = \"/open\"\npool = \"api\"\n"
+    );
+    let c = f.load(&config).unwrap_or_else(|e| panic!("{e}"));
+    let k = c.proxy.api_keys.as_ref().expect("[api_keys]");
+    assert_eq!(k.file, keys);
+    assert_eq!(k.header, http::HeaderName::from_static("x-api-key"));
+    assert_eq!(k.query_param, "key");
+    assert_eq!(k.store.len(), 2);
+    assert!(k.store.get("shop").is_some());
+    let route = |name: &str| {
+        c.proxy
+            .routes
+            .iter()
+            .find(|r| r.name == name)
+            .expect("route")
+    };
+    assert!(route("orders").auth.api_key);
+    assert!(!route("open").auth.api_key);
+
+    // Defaults.
+    let c = f
+        .load(&format!("[api_keys]\nfile = \"keys.toml\"\n\n{KEYS_BASE}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let k = c.proxy.api_keys.as_ref().expect("[api_keys]");
+    assert_eq!(
+        k.header,
+        portcullis::identity::api_keys::DEFAULT_HEADER_NAME
+    );
+    assert_eq!(k.query_param, "subscription-key");
 }

@@ -88,6 +88,7 @@ fn config(issuer: &str, audience: &str, backend: &Backend) -> ProxyConfig {
             websocket: false,
             auth: RouteAuth {
                 token: Some(orders_token()),
+                api_key: false,
             },
         }],
         pools: vec![PoolConfig {
@@ -114,6 +115,7 @@ fn config(issuer: &str, audience: &str, backend: &Backend) -> ProxyConfig {
                 ..ValidationPolicy::new(issuer, vec![audience.to_string()])
             },
         }],
+        api_keys: None,
         drain_timeout: Duration::from_secs(1),
     }
 }

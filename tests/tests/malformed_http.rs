@@ -99,6 +99,7 @@ async fn gateway() -> (Proxy, std::net::SocketAddr, Backend) {
             idle_timeout: Duration::from_secs(5),
         }],
         token_providers: vec![],
+        api_keys: None,
         drain_timeout: Duration::from_secs(1),
     };
     let proxy = Proxy::start(

@@ -107,6 +107,7 @@ fn config(
         routes,
         pools,
         token_providers: vec![],
+        api_keys: None,
         drain_timeout: Duration::from_secs(2),
     }
 }
@@ -967,5 +968,95 @@ async fn metrics_show_requests_decisions_and_upstream_health() {
             a.addr
         )),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn api_keys_are_required_scoped_and_never_forwarded() {
+    use portcullis::identity::api_keys::{KeyStore, hash_key};
+    let b = Backend::start("b", Proto::Http1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nid = \"shop-app\"\nowner = \"test\"\nprimary = \"{}\"\nsecondary = \"{}\"\nscope = {{ product = \"shop\" }}\n\n\
+             [[keys]]\nid = \"billing-app\"\nowner = \"test\"\nprimary = \"{}\"\nscope = {{ product = \"billing\" }}\n\n\
+             [[keys]]\nid = \"old-app\"\nowner = \"test\"\nprimary = \"{}\"\nscope = \"all\"\nexpires = 2020-01-01T00:00:00Z\n",
+            hash_key("shop-key"),
+            hash_key("shop-key-next"),
+            hash_key("billing-key"),
+            hash_key("old-key"),
+        ),
+    )
+    .unwrap();
+    let mut r = route("orders", "/", 0);
+    r.product = Some("shop".into());
+    r.auth.api_key = true;
+    let mut cfg = config(
+        vec![plain_listener("web")],
+        vec![r],
+        vec![pool("p", vec![endpoint(&b)])],
+    );
+    cfg.api_keys = Some(portcullis::config::ApiKeysConfig {
+        store: Arc::new(KeyStore::load(&keys).unwrap()),
+        file: keys.clone(),
+        header: "ocp-apim-subscription-key".parse().unwrap(),
+        query_param: "subscription-key".into(),
+    });
+    let (_p, addr) = start(&cfg).await;
+    let with_key = |k: &str| {
+        Request::get("/o")
+            .header("ocp-apim-subscription-key", k)
+            .body(Full::default())
+            .unwrap()
+    };
+
+    let r = get(addr, "/o").await;
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("key_missing"))
+    );
+    assert_eq!(
+        send(addr, with_key("wrong")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(addr, with_key("old-key")).await.status,
+        StatusCode::UNAUTHORIZED,
+        "expired"
+    );
+    assert_eq!(
+        send(addr, with_key("billing-key")).await.status,
+        StatusCode::FORBIDDEN,
+        "another product's key"
+    );
+    assert_eq!(b.served(), 0);
+
+    // Primary and secondary both work (rotation); the key never reaches the backend.
+    for k in ["shop-key", "shop-key-next"] {
+        let r = send(addr, with_key(k)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            r.json()["headers"]
+                .get("ocp-apim-subscription-key")
+                .is_none()
+        );
+    }
+    // The query parameter works without the header, and is removed before forwarding.
+    let r = get(addr, "/o?a=1&subscription-key=shop-key&b=2").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["uri"], "/o?a=1&b=2");
+    // A key in the header twice is ambiguous: refused.
+    let twice = Request::get("/o")
+        .header("ocp-apim-subscription-key", "shop-key")
+        .header("ocp-apim-subscription-key", "shop-key")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(addr, twice).await.status, StatusCode::UNAUTHORIZED);
+    // The problem body never echoes the key.
+    assert!(
+        !String::from_utf8_lossy(&send(addr, with_key("wrong-secret-value")).await.body)
+            .contains("wrong-secret-value")
     );
 }

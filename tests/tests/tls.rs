@@ -412,6 +412,7 @@ async fn sslyze_mozilla_intermediate() {
         routes: vec![],
         pools: vec![],
         token_providers: vec![],
+        api_keys: None,
         drain_timeout: std::time::Duration::from_secs(1),
     };
     let backstop = portcullis::proxy::backstop::Backstop::new(

@@ -29,6 +29,7 @@ pub(crate) fn compile(raw: RawConfig, d: &mut Diagnostics) -> Config {
             listeners: raw.listeners,
             pools: raw.pools,
             token_providers: raw.token_providers,
+            api_keys: raw.api_keys,
             routes: raw.routes,
         },
         &admin,

@@ -281,6 +281,27 @@ pub enum ErrorKind {
     /// A header that claims must not set.
     #[error("`routes.token.claim_headers.header`: `{value}` cannot carry claims: {reason}")]
     ForbiddenClaimHeader { value: String, reason: &'static str },
+    /// A header that cannot carry API keys.
+    #[error("`api_keys.header`: `{value}` cannot carry API keys: {reason}")]
+    ForbiddenKeyHeader { value: String, reason: &'static str },
+    /// A key file that cannot be read (located at `api_keys.file`).
+    #[error("`api_keys.file`: cannot read the key file `{path}`: {reason}")]
+    KeyFileRead { path: String, reason: String },
+    /// An error inside the key file (located in that file).
+    #[error(transparent)]
+    KeyFile(crate::identity::api_keys::KeyFileErrorKind),
+    /// A key whose scope names a product or route that no route has (located in the key file).
+    #[error(
+        "key `{id}`: its scope names {scope}, which no route has; the key would be refused \
+         everywhere"
+    )]
+    UnknownKeyScope { id: String, scope: String },
+    /// `api_key = true` on a route while there is no `[api_keys]` section.
+    #[error(
+        "`routes.api_key`: the route requires an API key, but there is no [api_keys] section \
+         naming the key file"
+    )]
+    ApiKeyWithoutKeys,
     /// A claim requirement with both `any` and `all`, or neither.
     #[error("{}", require_match(*both))]
     RequireMatch { both: bool },

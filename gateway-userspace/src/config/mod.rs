@@ -6,6 +6,7 @@
 //! so "check passes" means "run will not fail on config". It reports every error it can find
 //! in one run, each as `path:line:col: error: message`; see `docs/configuration.md`.
 
+mod api_keys;
 mod compile;
 mod duration;
 mod error;

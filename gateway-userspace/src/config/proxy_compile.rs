@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::api_keys;
 use super::compile::{Names, prefixes_from, resolve};
 use super::duration;
 use super::error::ErrorKind;
@@ -18,8 +19,9 @@ use super::proxy_model::{
     TrustedProxies, UpstreamProtocol, UpstreamTls,
 };
 use super::proxy_raw::{
-    HttpMode, ListenerProtocol, RawAdmin, RawHealth, RawHsts, RawListener, RawListenerTls,
-    RawPassive, RawPool, RawPoolTls, RawProxy, RawRoute, RawTokenProvider, RawTrustedProxies,
+    HttpMode, ListenerProtocol, RawAdmin, RawApiKeys, RawHealth, RawHsts, RawListener,
+    RawListenerTls, RawPassive, RawPool, RawPoolTls, RawProxy, RawRoute, RawTokenProvider,
+    RawTrustedProxies,
 };
 use super::reader::Field;
 use super::routes;
@@ -84,6 +86,7 @@ pub(crate) struct RawProxySections {
     pub listeners: Vec<RawListener>,
     pub pools: Vec<RawPool>,
     pub token_providers: Vec<RawTokenProvider>,
+    pub api_keys: Field<RawApiKeys>,
     pub routes: Vec<RawRoute>,
 }
 
@@ -170,13 +173,26 @@ pub(crate) fn proxy(
     let listeners = listeners(raw.listeners, load_balancers_declared, admin, d);
     let (pools, pool_names) = pools(raw.pools, d);
     let (token_providers, provider_names) = token::providers(raw.token_providers, d);
-    let routes = routes::routes(raw.routes, &pool_names, &provider_names, d);
+    // Declared even when refused, so routes requiring keys are not also reported.
+    let api_keys_declared = !matches!(raw.api_keys, Field::Absent);
+    let api_keys = api_keys::api_keys(&raw.api_keys, d);
+    let routes = routes::routes(
+        raw.routes,
+        &pool_names,
+        &provider_names,
+        api_keys_declared,
+        d,
+    );
+    if let Some(keys) = &api_keys {
+        api_keys::check_scopes(keys, &routes, d);
+    }
     ProxyConfig {
         listeners,
         trusted,
         routes,
         pools,
         token_providers,
+        api_keys,
         drain_timeout: drain_timeout.value_or(defaults::DRAIN_TIMEOUT),
     }
 }

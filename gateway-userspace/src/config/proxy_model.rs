@@ -20,6 +20,8 @@ pub struct ProxyConfig {
     pub pools: Vec<PoolConfig>,
     /// Token issuers that routes accept tokens from.
     pub token_providers: Vec<TokenProviderConfig>,
+    /// API (subscription) keys, when any route requires one.
+    pub api_keys: Option<ApiKeysConfig>,
     /// Grace period for in-flight requests on shutdown.
     pub drain_timeout: Duration,
 }
@@ -35,10 +37,24 @@ pub struct TokenProviderConfig {
     pub policy: crate::identity::jwt::ValidationPolicy,
 }
 
+/// API keys: the hashed key file and where clients present keys.
+#[derive(Clone, Debug)]
+pub struct ApiKeysConfig {
+    /// The key file, loaded (keys reload with the config).
+    pub store: Arc<crate::identity::api_keys::KeyStore>,
+    pub file: PathBuf,
+    /// Header carrying the key (default `Ocp-Apim-Subscription-Key`).
+    pub header: http::HeaderName,
+    /// Query parameter read only when the header is absent (default `subscription-key`).
+    pub query_param: String,
+}
+
 /// What a route requires of a request's identity. The default requires nothing.
 #[derive(Clone, Debug, Default)]
 pub struct RouteAuth {
     pub token: Option<RouteToken>,
+    /// A valid API key whose scope covers this route (or its product).
+    pub api_key: bool,
 }
 
 /// A route that requires a bearer token.

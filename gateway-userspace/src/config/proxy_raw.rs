@@ -305,6 +305,8 @@ pub(crate) struct RawRoute {
     pub timeouts: Option<RawTimeouts>,
     /// `[routes.token]`: `None` when absent or not a table (reported).
     pub token: Option<RawRouteToken>,
+    /// Requires an API key (needs `[api_keys]`).
+    pub api_key: Field<bool>,
 }
 
 impl RawRoute {
@@ -323,6 +325,7 @@ impl RawRoute {
             websocket: t.value("websocket", d),
             timeouts: t.table("timeouts", d).read_or_default(d, RawTimeouts::read),
             token: t.table("token", d).read_optional(d, RawRouteToken::read),
+            api_key: t.value("api_key", d),
         };
         t.finish(d);
         raw
@@ -343,6 +346,25 @@ impl RawTimeouts {
             connect: t.value("connect", d),
             response_headers: t.value("response_headers", d),
             total: t.value("total", d),
+        };
+        t.finish(d);
+        raw
+    }
+}
+
+/// `[api_keys]`: the key file and where clients present keys.
+pub(crate) struct RawApiKeys {
+    pub file: Option<Spanned<String>>,
+    pub header: Field<String>,
+    pub query_param: Field<String>,
+}
+
+impl RawApiKeys {
+    pub(crate) fn read(mut t: Table, d: &mut Diagnostics) -> Self {
+        let raw = Self {
+            file: t.required("file", d),
+            header: t.value("header", d),
+            query_param: t.value("query_param", d),
         };
         t.finish(d);
         raw

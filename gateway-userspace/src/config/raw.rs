@@ -12,7 +12,8 @@ use toml::de::DeTable;
 
 use super::model::{AttachMode, LogFormat, LogLevel};
 use super::proxy_raw::{
-    RawAdmin, RawListener, RawPool, RawProxy, RawRoute, RawTokenProvider, RawTrustedProxies,
+    RawAdmin, RawApiKeys, RawListener, RawPool, RawProxy, RawRoute, RawTokenProvider,
+    RawTrustedProxies,
 };
 use super::reader::{Field, Keyword, Table};
 use super::source::{Diagnostics, Span};
@@ -36,6 +37,7 @@ pub(crate) struct RawConfig {
     pub listeners: Vec<RawListener>,
     pub pools: Vec<RawPool>,
     pub token_providers: Vec<RawTokenProvider>,
+    pub api_keys: Field<RawApiKeys>,
     pub routes: Vec<RawRoute>,
 }
 
@@ -74,6 +76,7 @@ impl RawConfig {
                 .into_iter()
                 .map(|t| RawTokenProvider::read(t, d))
                 .collect(),
+            api_keys: root.table("api_keys", d).read_field(d, RawApiKeys::read),
             routes: root
                 .tables("routes", d)
                 .into_iter()

@@ -27,17 +27,28 @@ struct Compiled {
 }
 
 /// The routes in match order. `pool_names` and `provider_names` are the pools' and token
-/// providers' names by index (`None` where one has none).
+/// providers' names by index (`None` where one has none); `api_keys_declared` whether
+/// `[api_keys]` is written (routes may then require keys).
 pub(crate) fn routes(
     raw: Vec<RawRoute>,
     pool_names: &[Option<String>],
     provider_names: &[Option<String>],
+    api_keys_declared: bool,
     d: &mut Diagnostics,
 ) -> Vec<RouteConfig> {
     let mut names = Names::new("route");
     let mut compiled: Vec<Compiled> = raw
         .into_iter()
-        .map(|r| route(r, &mut names, pool_names, provider_names, d))
+        .map(|r| {
+            route(
+                r,
+                &mut names,
+                pool_names,
+                provider_names,
+                api_keys_declared,
+                d,
+            )
+        })
         .collect();
     // Stable: routes equally specific keep their config order, which decides between them.
     compiled.sort_by_key(|c| specificity(&c.route));
@@ -50,6 +61,7 @@ fn route(
     names: &mut Names,
     pool_names: &[Option<String>],
     provider_names: &[Option<String>],
+    api_keys_declared: bool,
     d: &mut Diagnostics,
 ) -> Compiled {
     if let Some(name) = &r.name {
@@ -122,6 +134,15 @@ fn route(
                     .token
                     .as_ref()
                     .map(|t| token::route_token(t, provider_names, d)),
+                api_key: match r.api_key.present() {
+                    Some(flag) if *flag.get_ref() => {
+                        if !api_keys_declared {
+                            d.at(&flag.span(), ErrorKind::ApiKeyWithoutKeys);
+                        }
+                        true
+                    }
+                    _ => false,
+                },
             },
         },
         header: r.header,

@@ -173,6 +173,8 @@ struct ConfigFile {
     pools: Option<Vec<Pool>>,
     /// OpenID Connect providers whose signed JWTs routes accept.
     token_providers: Option<Vec<TokenProvider>>,
+    /// API (subscription) keys: the hashed key file and where clients send keys.
+    api_keys: Option<ApiKeysSection>,
     /// Routes: which requests go to which pool. Matched most specific first.
     routes: Option<Vec<Route>>,
 }
@@ -515,6 +517,28 @@ struct Route {
     timeouts: Option<Timeouts>,
     /// Require a bearer token from a [[token_providers]] entry.
     token: Option<RouteTokenSection>,
+    /// Require a valid API key whose scope covers this route; needs [api_keys].
+    #[schemars(extend("default" = false))]
+    api_key: Option<bool>,
+}
+
+/// `[api_keys]`: the key file (hashes only) and where clients present keys.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct ApiKeysSection {
+    /// The key file: `[[keys]]` entries with id, owner, hashes, scope and expiry. Read again on
+    /// reload.
+    file: FilePath,
+    /// The header carrying the key; not a hop-by-hop, forwarding, Host, Authorization or
+    /// Cookie header.
+    #[schemars(
+        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"),
+        extend("default" = "Ocp-Apim-Subscription-Key")
+    )]
+    header: Option<String>,
+    /// The query parameter read when the header is absent.
+    #[schemars(length(min = 1), extend("default" = "subscription-key"))]
+    query_param: Option<String>,
 }
 
 /// One `[[token_providers]]` entry: an OpenID Connect issuer whose signed JWTs routes accept.
@@ -897,6 +921,14 @@ mod tests {
                 .expect("certificate");
         std::fs::write(dir.path().join("c.pem"), cert.pem()).expect("write");
         std::fs::write(dir.path().join("k.pem"), signing_key.serialize_pem()).expect("write");
+        std::fs::write(
+            dir.path().join("keys.toml"),
+            format!(
+                "[[keys]]\nid = \"k\"\nowner = \"o\"\nprimary = \"{}\"\nscope = \"all\"\n",
+                crate::identity::api_keys::hash_key("test-key")
+            ),
+        )
+        .expect("write");
         let path = dir.path().join("p.toml");
         let sparse = r#"
 [kernel]
@@ -931,6 +963,8 @@ path = "/"
 name = "idp"
 issuer = "http://127.0.0.1:9000"
 audiences = ["api"]
+[api_keys]
+file = "keys.toml"
 [[routes]]
 name = "r"
 path = "/"

@@ -542,7 +542,7 @@ fn requirement(q: &RawRequirement, d: &mut Diagnostics) -> Option<ClaimRequireme
 
 /// Why claims must not set `header`, if they must not: the proxy sets or strips it itself, or
 /// it frames, targets or authenticates the request.
-fn forbidden_claim_header(header: &HeaderName) -> Option<&'static str> {
+pub(crate) fn forbidden_claim_header(header: &HeaderName) -> Option<&'static str> {
     const HOP_BY_HOP: [&str; 9] = [
         "connection",
         "keep-alive",

@@ -624,7 +624,7 @@ pub enum KeyFileErrorKind {
     #[error("`owner`: {reason}")]
     InvalidOwner { reason: &'static str },
     #[error(
-        "`{key}`: {reason}; expected `sha256:` and 64 lowercase hex digits (`portcullis keys hash` prints it)"
+        "`{key}`: {reason}; expected `sha256:` and 64 lowercase hex digits (`portcullis key hash` prints it)"
     )]
     InvalidHash {
         key: &'static str,
@@ -1371,7 +1371,7 @@ expires = "2030-01-01T01:00:00+01:00"
         assert_eq!(
             errors(text),
             "keys.toml:4:11: error: `primary`: the hash is not 64 hex digits long; expected \
-             `sha256:` and 64 lowercase hex digits (`portcullis keys hash` prints it)\n\
+             `sha256:` and 64 lowercase hex digits (`portcullis key hash` prints it)\n\
              keys.toml:5:13: error: `secondary`: expected a string, found an integer"
         );
     }

@@ -3,7 +3,7 @@
 
 pub mod api_keys;
 pub mod authz;
-mod encoding;
+pub(crate) mod encoding;
 pub mod jwt;
 pub mod mtls;
 pub mod oidc;

@@ -1,7 +1,8 @@
 //! Identity and authorization phases: for a route that requires a token, find it (RFC 6750
 //! sources), validate it against the route's token provider (keys from OIDC discovery, cached
 //! and refreshed by `identity::oidc`), check the route's claims rules for the method, and
-//! prepare the claims headers for the backend. API keys and client certificates come later.
+//! prepare the claims headers for the backend; for a route that requires an API key, check it
+//! and remove it before forwarding. Client certificates come later.
 //! Every refusal is a `Denial`; the rule that decided is logged, never the token.
 
 use std::sync::Arc;
@@ -11,7 +12,10 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use super::respond::Denial;
-use crate::config::{ProxyConfig, RouteToken, TokenProviderConfig};
+use std::time::SystemTime;
+
+use crate::config::{ApiKeysConfig, ProxyConfig, RouteConfig, RouteToken, TokenProviderConfig};
+use crate::identity::api_keys::{KeyError, presented_key};
 use crate::identity::authz::{self, extract_token};
 use crate::identity::jwt::{Claims, ValidationPolicy};
 use crate::identity::oidc::{OidcError, OidcProvider, Readiness};
@@ -161,4 +165,91 @@ pub fn forward_identity(
         }
     }
     authz::strip_authorization(headers, requirement.forward_authorization);
+}
+
+/// Checks the API key of a route that requires one: presented (header first, the query
+/// parameter only without the header), known, not expired, and scoped to this route or its
+/// product. Returns the key's id for the access log; the key itself is never logged.
+pub fn check_api_key(
+    keys: Option<&ApiKeysConfig>,
+    route: &RouteConfig,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Arc<str>, Refusal> {
+    let refuse = |denial, rule: &str| Refusal {
+        denial,
+        phase: "identity",
+        rule: rule.to_string(),
+    };
+    let Some(keys) = keys else {
+        // The config compiler refuses `api_key = true` without `[api_keys]`; refuse anyway.
+        return Err(refuse(Denial::KeyInvalid, "key:not_configured"));
+    };
+    let presented = match presented_key(headers, query, &keys.header, &keys.query_param) {
+        Ok(Some(k)) => k,
+        Ok(None) => return Err(refuse(Denial::KeyMissing, "key:missing")),
+        Err(_) => return Err(refuse(Denial::KeyInvalid, "key:ambiguous")),
+    };
+    let found = match keys.store.lookup(presented.expose(), SystemTime::now()) {
+        Ok(m) => m,
+        Err(KeyError::Expired { id }) => {
+            return Err(refuse(Denial::KeyInvalid, &format!("key:expired:{id}")));
+        }
+        Err(_) => return Err(refuse(Denial::KeyInvalid, "key:unknown")),
+    };
+    if !found.scope.allows(&route.name, route.product.as_deref()) {
+        return Err(refuse(Denial::KeyScope, &format!("key:scope:{}", found.id)));
+    }
+    Ok(found.id)
+}
+
+/// Removes the API key from what goes to the backend: its header, and its query parameter.
+pub fn strip_api_key(
+    keys: &ApiKeysConfig,
+    headers: &mut HeaderMap,
+    path_and_query: &str,
+) -> String {
+    headers.remove(&keys.header);
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            crate::identity::encoding::form_decode(name).is_none_or(|n| n != keys.query_param)
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_parameter_is_removed_and_the_rest_kept() {
+        let keys = ApiKeysConfig {
+            store: Arc::new(crate::identity::api_keys::KeyStore::empty()),
+            file: "keys.toml".into(),
+            header: http::HeaderName::from_static("ocp-apim-subscription-key"),
+            query_param: "subscription-key".into(),
+        };
+        let mut h = HeaderMap::new();
+        h.insert("ocp-apim-subscription-key", "secret".parse().unwrap());
+        assert_eq!(
+            strip_api_key(&keys, &mut h, "/a?x=1&subscription-key=s&y=2"),
+            "/a?x=1&y=2"
+        );
+        assert!(h.is_empty());
+        assert_eq!(
+            strip_api_key(&keys, &mut h, "/a?subscription%2Dkey=s"),
+            "/a"
+        );
+        assert_eq!(strip_api_key(&keys, &mut h, "/a"), "/a");
+    }
 }

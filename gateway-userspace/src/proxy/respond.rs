@@ -52,6 +52,12 @@ pub enum Denial {
     TokenInvalid,
     /// The token is valid but its claims do not satisfy the route (`insufficient_scope`).
     InsufficientClaims,
+    /// The route needs an API key and none was presented.
+    KeyMissing,
+    /// The API key is unknown, expired, or presented ambiguously.
+    KeyInvalid,
+    /// The API key is valid but not for this API or product.
+    KeyScope,
     /// Every endpoint of the pool is unhealthy or ejected.
     NoHealthyUpstream,
     /// Connecting to the backend failed or it answered with something that is not HTTP.
@@ -67,7 +73,10 @@ impl Denial {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Forbidden { .. } | Self::InsufficientClaims => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::InsufficientClaims | Self::KeyScope => {
+                StatusCode::FORBIDDEN
+            }
+            Self::KeyMissing | Self::KeyInvalid => StatusCode::UNAUTHORIZED,
             Self::TokenMissing | Self::TokenInvalid => StatusCode::UNAUTHORIZED,
             Self::TokenRequestInvalid => StatusCode::BAD_REQUEST,
             Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +97,9 @@ impl Denial {
             Self::TokenRequestInvalid => "token_request_invalid",
             Self::TokenInvalid => "token_invalid",
             Self::InsufficientClaims => "insufficient_claims",
+            Self::KeyMissing => "key_missing",
+            Self::KeyInvalid => "key_invalid",
+            Self::KeyScope => "key_scope",
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::BadGateway => "bad_gateway",
             Self::GatewayTimeout => "gateway_timeout",
@@ -104,7 +116,10 @@ impl Denial {
             | Self::TokenMissing
             | Self::TokenRequestInvalid
             | Self::TokenInvalid
-            | Self::InsufficientClaims => Side::Client,
+            | Self::InsufficientClaims
+            | Self::KeyMissing
+            | Self::KeyInvalid
+            | Self::KeyScope => Side::Client,
             Self::NoHealthyUpstream | Self::BadGateway | Self::GatewayTimeout => Side::Upstream,
         }
     }
@@ -139,6 +154,9 @@ impl Denial {
             }
             Self::TokenInvalid => "The access token is not valid.".into(),
             Self::InsufficientClaims => "The access token does not grant this operation.".into(),
+            Self::KeyMissing => "This route requires an API key.".into(),
+            Self::KeyInvalid => "The API key is not valid.".into(),
+            Self::KeyScope => "The API key is not valid for this API.".into(),
             Self::NoHealthyUpstream => "No healthy backend is available.".into(),
             Self::BadGateway => {
                 "The backend could not be reached or gave an invalid response.".into()
@@ -216,6 +234,9 @@ mod tests {
             Denial::TokenRequestInvalid,
             Denial::TokenInvalid,
             Denial::InsufficientClaims,
+            Denial::KeyMissing,
+            Denial::KeyInvalid,
+            Denial::KeyScope,
             Denial::NoHealthyUpstream,
             Denial::BadGateway,
             Denial::GatewayTimeout,

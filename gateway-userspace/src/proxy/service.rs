@@ -49,6 +49,7 @@ pub struct ProxyState {
     pub backstop: Backstop,
     /// Token providers, index for index with the config's `token_providers`.
     pub providers: Vec<Arc<super::identity::TokenProvider>>,
+    pub api_keys: Option<crate::config::ApiKeysConfig>,
     pub drain_timeout: Duration,
     /// Dropping the state stops its health-check tasks.
     health_stop: tokio::sync::watch::Sender<bool>,
@@ -91,6 +92,7 @@ impl ProxyState {
             listeners: cfg.listeners.clone(),
             backstop,
             providers,
+            api_keys: cfg.api_keys.clone(),
             drain_timeout: cfg.drain_timeout,
             health_stop,
         })
@@ -134,6 +136,8 @@ struct Exchange {
     upstream: Option<String>,
     upstream_started: Option<Instant>,
     upstream_headers_ms: Option<u64>,
+    /// The API key's id (never the key).
+    key_id: Option<Arc<str>>,
     phase: &'static str,
     decision: &'static str,
     rule: String,
@@ -164,6 +168,7 @@ impl Exchange {
             duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             upstream = self.upstream.as_deref().unwrap_or("-"),
             upstream_headers_ms = self.upstream_headers_ms,
+            key_id = self.key_id.as_deref(),
             phase = self.phase,
             decision = self.decision,
             rule = %self.rule,
@@ -203,6 +208,7 @@ pub async fn handle(
         upstream: None,
         upstream_started: None,
         upstream_headers_ms: None,
+        key_id: None,
         phase: "route",
         decision: "forward",
         rule: "-".into(),
@@ -328,7 +334,22 @@ async fn phases(
         });
     }
 
-    // Identity and authorization: only for routes that require a token.
+    // Identity and authorization: API key, then token, for routes that require them.
+    if route_cfg.auth.api_key {
+        match super::identity::check_api_key(
+            state.api_keys.as_ref(),
+            route_cfg,
+            req.headers(),
+            req.uri().query(),
+        ) {
+            Ok(id) => ex.key_id = Some(id),
+            Err(refusal) => {
+                ex.phase = refusal.phase;
+                ex.rule = refusal.rule;
+                return Err(refusal.denial);
+            }
+        }
+    }
     let mut claims = None;
     if let Some(requirement) = &route_cfg.auth.token {
         match super::identity::authenticate(
@@ -362,6 +383,22 @@ async fn phases(
     if let Some(requirement) = &route_cfg.auth.token {
         super::identity::forward_identity(requirement, &mut parts.headers, claims.as_ref());
     }
+    // The key never travels on: its header and query parameter are removed.
+    let forwarded_pq = match (&state.api_keys, route_cfg.auth.api_key) {
+        (Some(keys), true) => {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            Some(super::identity::strip_api_key(
+                keys,
+                &mut parts.headers,
+                &pq,
+            ))
+        }
+        _ => None,
+    };
     if !parts.headers.contains_key(header::HOST)
         && let Some(v) = parts
             .uri
@@ -408,7 +445,9 @@ async fn phases(
             return Err(Denial::NoHealthyUpstream);
         };
         ex.upstream = Some(ep.endpoint.authority.clone());
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path_and_query = forwarded_pq
+            .as_deref()
+            .unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
         let uri = format!(
             "{}://{}{}",
             route.pool.scheme(),
