@@ -555,23 +555,15 @@ pub fn presented_key<'a>(
     let Some(query) = query else {
         return Ok(None);
     };
-    let mut found: Option<Cow<'a, str>> = None;
-    for pair in query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        // A parameter whose name does not decode cannot be ours; skip it as a backend would.
-        let Some(name) = crate::identity::encoding::form_decode(name) else {
-            continue;
-        };
-        if name != query_param {
-            continue;
-        }
-        if found.is_some() {
-            return Err(ExtractError::DuplicateQueryParam);
-        }
-        found = Some(
-            crate::identity::encoding::form_decode(value).ok_or(ExtractError::InvalidQueryParam)?,
-        );
-    }
+    let found =
+        crate::identity::encoding::unique_query_param(query, query_param).map_err(|e| match e {
+            crate::identity::encoding::QueryParamError::Duplicate => {
+                ExtractError::DuplicateQueryParam
+            }
+            crate::identity::encoding::QueryParamError::Undecodable => {
+                ExtractError::InvalidQueryParam
+            }
+        })?;
     Ok(found.filter(|v| !v.is_empty()).map(|value| PresentedKey {
         value,
         source: KeySource::Query,

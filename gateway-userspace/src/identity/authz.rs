@@ -197,26 +197,20 @@ fn from_query<'a>(
     let Some(query) = query else {
         return Ok(None);
     };
-    let mut found: Option<Cow<'a, str>> = None;
-    for pair in query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        // A parameter whose name does not decode cannot be ours.
-        let Some(name) = crate::identity::encoding::form_decode(name) else {
-            continue;
-        };
-        if name != param {
-            continue;
-        }
-        if found.is_some() {
-            return Err(ExtractError::DuplicateQueryParam(param.to_owned()));
-        }
-        let value = crate::identity::encoding::form_decode(value)
-            .ok_or_else(|| ExtractError::MalformedQueryParam(param.to_owned()))?;
-        if value.is_empty() {
-            return Err(ExtractError::MalformedQueryParam(param.to_owned()));
-        }
-        found = Some(value);
+    let value =
+        crate::identity::encoding::unique_query_param(query, param).map_err(|e| match e {
+            crate::identity::encoding::QueryParamError::Duplicate => {
+                ExtractError::DuplicateQueryParam(param.to_owned())
+            }
+            crate::identity::encoding::QueryParamError::Undecodable => {
+                ExtractError::MalformedQueryParam(param.to_owned())
+            }
+        })?;
+    // RFC 6750 section 2.3: an empty access_token is malformed, not absent.
+    if value.as_deref() == Some("") {
+        return Err(ExtractError::MalformedQueryParam(param.to_owned()));
     }
+    let found = value;
     Ok(found)
 }
 

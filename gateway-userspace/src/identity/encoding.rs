@@ -146,6 +146,35 @@ pub fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
+/// Why a query parameter could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryParamError {
+    /// The parameter appears more than once: ambiguous, so refused.
+    Duplicate,
+    /// Its value does not decode to UTF-8.
+    Undecodable,
+}
+
+/// The form-decoded value of `param` in a raw query string (without `?`), if present once.
+/// Pairs whose name does not decode cannot be `param` and are skipped, as a backend would.
+pub fn unique_query_param<'a>(
+    query: &'a str,
+    param: &str,
+) -> Result<Option<Cow<'a, str>>, QueryParamError> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if form_decode(name).is_none_or(|n| n != param) {
+            continue;
+        }
+        if found.is_some() {
+            return Err(QueryParamError::Duplicate);
+        }
+        found = Some(form_decode(value).ok_or(QueryParamError::Undecodable)?);
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,8 @@ pub struct ProxyState {
     pub routes: Vec<RouteRuntime>,
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<ListenerConfig>,
+    /// `Strict-Transport-Security` per TLS listener, built once per generation.
+    hsts: std::collections::HashMap<String, HeaderValue>,
     pub backstop: Backstop,
     /// Token providers, index for index with the config's `token_providers`.
     pub providers: Vec<Arc<super::identity::TokenProvider>>,
@@ -90,6 +92,11 @@ impl ProxyState {
             routes,
             pools,
             listeners: cfg.listeners.clone(),
+            hsts: cfg
+                .listeners
+                .iter()
+                .filter_map(|l| Some((l.name.clone(), hsts_header(l)?)))
+                .collect(),
             backstop,
             providers,
             api_keys: cfg.api_keys.clone(),
@@ -215,12 +222,12 @@ pub async fn handle(
         status: 0,
         metrics,
     };
-    let listener = state.listener(&conn.listener).cloned();
-    let hsts = listener.as_ref().and_then(hsts_header);
+    let listener = state.listener(&conn.listener);
+    let hsts = state.hsts.get(&conn.listener).cloned();
     let result = phases(
         &state,
         &conn,
-        listener.as_ref(),
+        listener,
         &client,
         hop,
         hop_trusted,
