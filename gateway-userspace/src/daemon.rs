@@ -1,6 +1,7 @@
 //! `portcullis run`: loads the config, puts its rules into the kernel, serves the proxy and
 //! the admin endpoint, and keeps all of it current. Reloads come from SIGHUP, from a change of
-//! the config file (polled, debounced) or from `POST /reload`, and all take one path:
+//! the config file or of a file it references (key file, certificates, CA bundles, CRLs,
+//! static JWKS; polled, debounced) or from `POST /reload`, and all take one path:
 //! load and compile everything, prepare the proxy (TLS, new sockets), then swap kernel and
 //! proxy. A config that fails anywhere before the swap keeps the old one serving. SIGTERM and
 //! SIGINT drain the proxy and leave the pinned XDP filter enforcing.
@@ -9,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -17,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState, ReloadReply};
-use crate::config::{self, Config};
+use crate::config::{self, Config, ListenerKind};
 use crate::kernel::{Bans, KernelControl, ReloadOutcome};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::proxy::Proxy;
@@ -216,33 +217,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sweep = tokio::time::interval(d.config.kernel.ban_sweep_interval);
-    let mut watch_tick = tokio::time::interval(Duration::from_millis(500));
-    let mut seen = modified(config_path);
-    let mut changed_at: Option<(Option<SystemTime>, Instant)> = None;
+    let mut watch_tick = tokio::time::interval(WATCH_INTERVAL);
+    let mut watch = FileWatch::new(config_path, &d.config);
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                let _ = d.reload_logged("SIGHUP").await;
-                seen = modified(config_path);
+                let before = watch.snapshot();
+                let result = d.reload_logged("SIGHUP").await;
+                watch.settle(before, result.is_ok().then_some(&d.config));
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(d.reload_logged("admin").await);
-                seen = modified(config_path);
+                let before = watch.snapshot();
+                let result = d.reload_logged("admin").await;
+                watch.settle(before, result.is_ok().then_some(&d.config));
+                let _ = reply.send(result);
             }
             _ = watch_tick.tick() => {
-                // Debounced: reload once the file has stopped changing for a second, so an
-                // editor's several writes make one reload.
-                let now = modified(config_path);
-                if now != seen {
-                    match changed_at {
-                        Some((m, t)) if m == now && t.elapsed() >= Duration::from_secs(1) => {
-                            seen = now;
-                            changed_at = None;
-                            let _ = d.reload_logged("file change").await;
-                        }
-                        Some((m, _)) if m == now => {}
-                        _ => changed_at = Some((now, Instant::now())),
-                    }
+                if let Some((before, changed)) = watch.poll() {
+                    info!(files = %changed, "watched file changed; reloading");
+                    let result = d.reload_logged("file change").await;
+                    watch.settle(before, result.is_ok().then_some(&d.config));
                 }
             }
             _ = sweep.tick() => {
@@ -273,8 +267,188 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// How often the watched files are looked at.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the watched files must stay unchanged before a reload, so an editor's or a
+/// deployment's several writes make one reload, and a half-written file is not read.
+const WATCH_SETTLE: Duration = Duration::from_secs(1);
+/// Files up to this size are fingerprinted by content too; larger ones by metadata only.
+const HASH_LIMIT: u64 = 16 << 20;
+
+/// Every file the compiled config was read from besides the config file itself: a change to
+/// any of them is a reason to reload, as a change of the config file is. Sorted, no repeats.
+///
+/// Not here: a token provider's `ca` bundle (the compiled config keeps only its fingerprint,
+/// not its path), deny-set CIDR files and the geo database (the compiled rule set keeps
+/// neither); those still reload on SIGHUP, `POST /reload` or a change of the config file.
+pub fn referenced_files(cfg: &Config) -> Vec<PathBuf> {
+    let proxy = &cfg.proxy;
+    let mut files = Vec::new();
+    for listener in &proxy.listeners {
+        if let ListenerKind::Https(tls) = &listener.kind {
+            for (cert, key) in &tls.certificate_files {
+                files.push(cert.clone());
+                files.push(key.clone());
+            }
+            if let Some(client) = &tls.client_certs {
+                files.extend(client.ca_files.iter().cloned());
+                files.extend(client.crl_files.iter().cloned());
+            }
+        }
+    }
+    for pool in &proxy.pools {
+        if let Some(tls) = &pool.tls {
+            files.push(tls.ca_file.clone());
+        }
+    }
+    for provider in &proxy.token_providers {
+        files.extend(provider.jwks_file.iter().cloned());
+    }
+    if let Some(keys) = &proxy.api_keys {
+        files.push(keys.file.clone());
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// What a watched file looks like: identity, size, times and (for files up to
+/// [`HASH_LIMIT`]) a hash of the content. The content hash catches a rewrite of the same size
+/// within one timestamp tick; the inode catches a file replaced by rename, as editors and
+/// configuration tools do. A file that cannot be read is one state, so its return is a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FileState {
+    Unreadable,
+    Present {
+        dev: u64,
+        ino: u64,
+        len: u64,
+        mtime: (i64, i64),
+        ctime: (i64, i64),
+        content: Option<u64>,
+    },
+}
+
+impl FileState {
+    fn of(path: &Path) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return FileState::Unreadable;
+        };
+        let content = (meta.len() <= HASH_LIMIT)
+            .then(|| std::fs::read(path).ok())
+            .flatten()
+            .map(|bytes| {
+                // Change detection only: SipHash with fixed keys is enough, no adversary here.
+                let mut h = std::hash::DefaultHasher::new();
+                bytes.hash(&mut h);
+                h.finish()
+            });
+        FileState::Present {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            content,
+        }
+    }
+}
+
+/// The states of the watched files, in the order of [`FileWatch::files`].
+type Snapshot = Vec<FileState>;
+
+/// Polls the config file and the files it references; says when to reload.
+struct FileWatch {
+    /// The config file first, then [`referenced_files`] of the config in force.
+    files: Vec<PathBuf>,
+    /// The states the config in force was loaded from (or the last reload attempt saw).
+    seen: Snapshot,
+    /// A change seen but not yet settled: its states and when they were first seen.
+    pending: Option<(Snapshot, Instant)>,
+}
+
+impl FileWatch {
+    fn new(config_path: &Path, config: &Config) -> Self {
+        let files = Self::list(config_path, config);
+        let seen = files.iter().map(|f| FileState::of(f)).collect();
+        FileWatch {
+            files,
+            seen,
+            pending: None,
+        }
+    }
+
+    fn list(config_path: &Path, config: &Config) -> Vec<PathBuf> {
+        let mut files = vec![config_path.to_path_buf()];
+        files.extend(
+            referenced_files(config)
+                .into_iter()
+                .filter(|f| f != config_path),
+        );
+        files
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.files.iter().map(|f| FileState::of(f)).collect()
+    }
+
+    /// Called on every tick. When the files have changed and then stayed the same for
+    /// [`WATCH_SETTLE`], returns the snapshot to reload from and the changed files (for the
+    /// log).
+    fn poll(&mut self) -> Option<(Snapshot, String)> {
+        let now = self.snapshot();
+        if now == self.seen {
+            self.pending = None;
+            return None;
+        }
+        match &self.pending {
+            Some((states, since)) if *states == now => {
+                if since.elapsed() < WATCH_SETTLE {
+                    return None;
+                }
+            }
+            _ => {
+                self.pending = Some((now, Instant::now()));
+                return None;
+            }
+        }
+        self.pending = None;
+        let changed = self
+            .files
+            .iter()
+            .zip(now.iter().zip(&self.seen))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(f, _)| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some((now, changed))
+    }
+
+    /// After a reload attempt that started when the files were as in `before`: with the new
+    /// config (`Some`, the reload succeeded) the watched set becomes its files; otherwise it
+    /// stays. Either way the states in `before` count as seen, so a broken file is not retried
+    /// on every tick but its next change is, and a write that landed during the reload is
+    /// noticed on the next tick.
+    fn settle(&mut self, before: Snapshot, reloaded: Option<&Config>) {
+        self.pending = None;
+        let Some(config) = reloaded else {
+            self.seen = before;
+            return;
+        };
+        let files = Self::list(&self.files[0], config);
+        self.seen = files
+            .iter()
+            .map(|f| match self.files.iter().position(|old| old == f) {
+                Some(i) => before[i].clone(),
+                // Newly referenced: it was read by this reload, so its state now is the one
+                // loaded (a write since would need to land within the reload to be missed).
+                None => FileState::of(f),
+            })
+            .collect();
+        self.files = files;
+    }
 }
 
 /// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, when systemd gave one.
@@ -296,5 +470,74 @@ fn notify_systemd(state: &str) {
     };
     if let Err(e) = result {
         warn!(error = %e, "sd_notify");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(id: &str) -> String {
+        // The hash of "key-<id>"; any valid value does.
+        let digest = ring::digest::digest(&ring::digest::SHA256, format!("key-{id}").as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "[[keys]]\nid = \"{id}\"\nowner = \"t\"\nprimary = \"sha256:{hex}\"\nscope = \"all\"\n"
+        )
+    }
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("portcullis.toml");
+        let key_file = dir.path().join("keys.toml");
+        std::fs::write(&key_file, keys("a")).unwrap();
+        std::fs::write(
+            &cfg,
+            "[kernel]\nenabled = false\n\n[api_keys]\nfile = \"keys.toml\"\n",
+        )
+        .unwrap();
+        let config = config::load(&cfg).unwrap();
+        (dir, cfg, key_file, config)
+    }
+
+    /// Polls until a reload is due, at most for three settle periods.
+    fn due(watch: &mut FileWatch) -> Option<(Snapshot, String)> {
+        let deadline = Instant::now() + 3 * WATCH_SETTLE;
+        while Instant::now() < deadline {
+            if let Some(due) = watch.poll() {
+                return Some(due);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    #[test]
+    fn referenced_files_name_the_key_file() {
+        let (_dir, cfg, key_file, config) = setup();
+        assert_eq!(referenced_files(&config), vec![key_file.clone()]);
+        let watch = FileWatch::new(&cfg, &config);
+        assert_eq!(watch.files, vec![cfg, key_file]);
+    }
+
+    #[test]
+    fn a_rewrite_of_the_same_size_is_a_change_once_settled() {
+        let (_dir, cfg, key_file, config) = setup();
+        let mut watch = FileWatch::new(&cfg, &config);
+        assert!(watch.poll().is_none(), "nothing changed");
+        // Same length, other content: only the content hash can tell.
+        std::fs::write(&key_file, keys("b")).unwrap();
+        let started = Instant::now();
+        let (before, changed) = due(&mut watch).expect("the change is noticed");
+        assert!(started.elapsed() >= WATCH_SETTLE, "not before it settled");
+        assert_eq!(changed, key_file.display().to_string());
+        // A refused reload: the broken state counts as seen and is not retried...
+        watch.settle(before, None);
+        assert!(watch.poll().is_none());
+        // ...and the next change is noticed again.
+        std::fs::remove_file(&key_file).unwrap();
+        let (before, _) = due(&mut watch).expect("a deleted file is a change");
+        watch.settle(before, Some(&config));
+        assert!(watch.poll().is_none());
     }
 }

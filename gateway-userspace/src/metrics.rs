@@ -1,6 +1,7 @@
 //! Prometheus metrics, served on the admin listener: requests by route and status class,
 //! latency histograms, decisions by phase, rule and action, upstream health, connections,
-//! reload results, and the kernel's per-reason packet counters (read at scrape time).
+//! reload results, the kernel's per-reason packet counters and the verified-token caches' hits,
+//! misses and sizes (read at scrape time).
 
 use std::sync::Arc;
 
@@ -48,6 +49,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KernelLabels {
     pub verdict: String,
     pub reason: String,
@@ -71,6 +77,9 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     kernel_packets: Family<KernelLabels, Counter>,
     kernel_bytes: Family<KernelLabels, Counter>,
+    token_cache_hits: Family<ProviderLabels, Counter>,
+    token_cache_misses: Family<ProviderLabels, Counter>,
+    token_cache_entries: Family<ProviderLabels, Gauge>,
     /// Where to read kernel counters from, when the kernel layer is on.
     kernel: Option<PinLayout>,
     /// Reads the current upstream endpoints' state at scrape time (set by the proxy).
@@ -102,6 +111,9 @@ impl Metrics {
             reloads: Family::default(),
             kernel_packets: Family::default(),
             kernel_bytes: Family::default(),
+            token_cache_hits: Family::default(),
+            token_cache_misses: Family::default(),
+            token_cache_entries: Family::default(),
             kernel,
             upstreams: std::sync::RwLock::new(None),
             registry: Registry::default(),
@@ -156,6 +168,21 @@ impl Metrics {
             "Bytes judged by the XDP program, by verdict and reason",
             m.kernel_bytes.clone(),
         );
+        registry.register(
+            "token_cache_hits",
+            "Tokens answered from the verified-token cache, by token provider",
+            m.token_cache_hits.clone(),
+        );
+        registry.register(
+            "token_cache_misses",
+            "Token cache lookups that needed a full verification, by token provider",
+            m.token_cache_misses.clone(),
+        );
+        registry.register(
+            "token_cache_entries",
+            "Verified tokens held in the cache, by token provider",
+            m.token_cache_entries.clone(),
+        );
         Arc::new(Self { registry, ..m })
     }
 
@@ -198,6 +225,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.refresh_kernel();
         self.refresh_upstreams();
+        self.refresh_token_caches();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -224,6 +252,24 @@ impl Metrics {
             self.upstream_outstanding
                 .get_or_create(&labels)
                 .set(r.outstanding as i64);
+        }
+    }
+
+    /// The token caches' counters live with the providers (shared across reloads by name, so
+    /// they only grow): add what they grew by since the last scrape.
+    fn refresh_token_caches(&self) {
+        self.token_cache_entries.clear();
+        for r in crate::identity::token_cache::readings() {
+            let labels = ProviderLabels {
+                provider: r.provider,
+            };
+            let hits = self.token_cache_hits.get_or_create(&labels);
+            hits.inc_by(r.stats.hits.saturating_sub(hits.get()));
+            let misses = self.token_cache_misses.get_or_create(&labels);
+            misses.inc_by(r.stats.misses.saturating_sub(misses.get()));
+            self.token_cache_entries
+                .get_or_create(&labels)
+                .set(i64::try_from(r.stats.entries).unwrap_or(i64::MAX));
         }
     }
 

@@ -1069,6 +1069,11 @@ fn the_proxy_example_loads_with_generated_certificates() {
     f.cert("example", &["api.example.com", "*.example.com"]);
     f.cert("backend-ca", &["orders.internal"]);
     f.cert("idp-ca", &["login.example.com"]);
+    f.cert("client-ca", &["partners.example.com"]);
+    f.file(
+        "partner-jwks.json",
+        include_str!("../../examples/partner-jwks.json"),
+    );
     // A hash of a throwaway key: no secret is committed or needed.
     f.file(
         "api-keys.toml",
@@ -1546,4 +1551,59 @@ fn valid_api_keys_compile() {
         portcullis::identity::api_keys::DEFAULT_HEADER_NAME
     );
     assert_eq!(k.query_param, "subscription-key");
+}
+
+/// Client certificates: every mistake at once, each at its place.
+#[test]
+fn client_certificate_mistakes() {
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    f.file("not-a-crl.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let config = format!(
+        "{}[listeners.client_certs]\nmode = \"sometimes\"\nca = []\ncrls = [\"not-a-crl.pem\"]\n\
+         \n[[listeners]]\nname = \"plain\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\n\
+         [listeners.client_certs]\nca = [\"certs/api.pem\"]\n{POOL}\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\npool = \"api\"\n[routes.client_cert]\n\
+         thumbprints = [\"abc\"]\nforward = [\"subject\", \"serial\"]\nbound_token = true\n\
+         dns = [\"\"]\n",
+        https_listener("certs/api.pem", "certs/api-key.pem")
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:11:8: error: `listeners.client_certs.mode`: unknown value \
+         `sometimes`; expected one of: none, optional, required\n\
+         $DIR/portcullis.toml:12:6: error: `listeners.client_certs.ca` is empty: name at least one \
+         PEM bundle of the CAs that issue client certificates\n\
+         $DIR/portcullis.toml:13:9: error: $DIR/not-a-crl.pem: no certificate revocation list \
+         found (expected PEM `X509 CRL` sections or one DER CRL)\n\
+         $DIR/portcullis.toml:19:1: error: `listeners.client_certs` applies only to `protocol = \
+         \"https\"` listeners\n\
+         $DIR/portcullis.toml:31:16: error: `routes.client_cert.thumbprints`: invalid value `abc`: \
+         expected the SHA-256 of the certificate's DER as 64 hex digits (`:` separators allowed)\n\
+         $DIR/portcullis.toml:32:23: error: `routes.client_cert.forward`: invalid value `serial`: \
+         not a certificate fact; expected one of thumbprint, subject, issuer, san_dns, san_uri, \
+         not_after\n\
+         $DIR/portcullis.toml:33:15: error: `routes.client_cert.bound_token`: binding a token to \
+         the certificate (RFC 8705) needs a token; add [routes.token] to the route\n\
+         $DIR/portcullis.toml:34:8: error: `routes.client_cert.dns`: invalid value ``: an empty \
+         entry matches no certificate; remove it"
+    );
+}
+
+/// A route that requires a certificate while no listener asks for one would refuse everyone.
+#[test]
+fn client_certificate_route_without_a_listener_asking() {
+    let f = Fixture::new();
+    f.cert("api", &["api.example.com"]);
+    let config = format!(
+        "{}[listeners.client_certs]\nmode = \"none\"\n{POOL}\n\
+         [[routes]]\nname = \"r\"\npath = \"/\"\npool = \"api\"\n[routes.client_cert]\n",
+        https_listener("certs/api.pem", "certs/api-key.pem")
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:21:1: error: [routes.client_cert]: the route requires a client \
+         certificate, but no listener asks for one; add [listeners.client_certs] with `mode = \
+         \"required\"` or `\"optional\"` to an https listener"
+    );
 }

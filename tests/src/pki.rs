@@ -177,6 +177,17 @@ impl TestPki {
         self.client_with(common_name, sans, KeyKind::EcdsaP256)
     }
 
+    /// A client certificate (ECDSA P-256, clientAuth) whose only SAN is the URI `uri` (a
+    /// SPIFFE ID, say).
+    pub fn client_uri(&self, common_name: &str, uri: &str) -> Leaf {
+        let (mut params, serial) = self.leaf_params(&[], common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            uri.try_into().expect("an IA5 string URI"),
+        )];
+        self.issue((params, serial), KeyKind::EcdsaP256)
+    }
+
     /// A client certificate with the given key algorithm.
     pub fn client_with(&self, common_name: &str, sans: &[&str], kind: KeyKind) -> Leaf {
         let (mut params, serial) = self.leaf_params(sans, common_name);

@@ -89,6 +89,7 @@ fn config(issuer: &str, audience: &str, backend: &Backend) -> ProxyConfig {
             auth: RouteAuth {
                 token: Some(orders_token()),
                 api_key: false,
+                client_cert: None,
             },
         }],
         pools: vec![PoolConfig {
@@ -114,6 +115,7 @@ fn config(issuer: &str, audience: &str, backend: &Backend) -> ProxyConfig {
                 require_typ: Some("at+jwt".into()),
                 ..ValidationPolicy::new(issuer, vec![audience.to_string()])
             },
+            jwks_file: None,
         }],
         api_keys: None,
         drain_timeout: Duration::from_secs(1),

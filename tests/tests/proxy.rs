@@ -620,6 +620,7 @@ fn tls_listener(pki: &TestPki, hsts: Option<Hsts>) -> ListenerConfig {
             min_version: TlsVersion::Tls12,
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             hsts,
+            client_certs: None,
         }),
         ..plain_listener("tls")
     }
@@ -820,6 +821,7 @@ async fn tls_to_backends_is_verified_against_the_pool_ca() {
             min_version: TlsVersion::Tls12,
             alpn: vec![b"http/1.1".to_vec()],
             hsts: None,
+            client_certs: None,
         })
         .unwrap()
     };

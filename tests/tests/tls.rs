@@ -38,6 +38,7 @@ fn listener_tls(certificates: Vec<Arc<CertifiedKey>>, min_version: TlsVersion) -
         min_version,
         alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         hsts: None,
+        client_certs: None,
     }
 }
 

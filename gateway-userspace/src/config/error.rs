@@ -302,6 +302,36 @@ pub enum ErrorKind {
          naming the key file"
     )]
     ApiKeyWithoutKeys,
+    /// `[routes.client_cert]` while no listener asks for client certificates.
+    #[error(
+        "[routes.client_cert]: the route requires a client certificate, but no listener asks \
+         for one; add [listeners.client_certs] with `mode = \"required\"` or `\"optional\"` to \
+         an https listener"
+    )]
+    ClientCertNotOffered,
+    /// `bound_token = true` on a route without `[routes.token]`.
+    #[error(
+        "`routes.client_cert.bound_token`: binding a token to the certificate (RFC 8705) needs \
+         a token; add [routes.token] to the route"
+    )]
+    BoundTokenWithoutToken,
+    /// A token provider given its keys in two ways.
+    #[error(
+        "`token_providers.{key}`: the provider already has its keys from `token_providers.{other}`; \
+         give keys one way: `jwks_file`, inline `jwks`, or neither to discover them from the \
+         issuer"
+    )]
+    KeySourceConflict {
+        key: &'static str,
+        other: &'static str,
+    },
+    /// A static JWKS file that cannot be read (located at `token_providers.jwks_file`).
+    #[error("`token_providers.jwks_file`: cannot read the JWKS file `{path}`: {reason}")]
+    JwksFileRead { path: String, reason: String },
+    /// A static JWKS (a file, located in it where possible, or inline `jwks`) that the key
+    /// hygiene refuses; `what` names it, `reason` is the JWKS problem.
+    #[error("{what}: {reason}")]
+    Jwks { what: String, reason: String },
     /// A claim requirement with both `any` and `all`, or neither.
     #[error("{}", require_match(*both))]
     RequireMatch { both: bool },

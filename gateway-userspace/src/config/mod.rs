@@ -7,6 +7,7 @@
 //! in one run, each as `path:line:col: error: message`; see `docs/configuration.md`.
 
 mod api_keys;
+mod client_certs;
 mod compile;
 mod duration;
 mod error;

@@ -170,6 +170,12 @@ pub(crate) fn proxy(
             Field::Absent => false,
         },
     };
+    // Declared even when refused, so routes requiring certificates are not also reported.
+    let client_certs_offered = raw.listeners.iter().any(|l| {
+        l.client_certs
+            .as_ref()
+            .is_some_and(super::client_certs::RawClientCerts::asks)
+    });
     let listeners = listeners(raw.listeners, load_balancers_declared, admin, d);
     let (pools, pool_names) = pools(raw.pools, d);
     let (token_providers, provider_names) = token::providers(raw.token_providers, d);
@@ -181,6 +187,7 @@ pub(crate) fn proxy(
         &pool_names,
         &provider_names,
         api_keys_declared,
+        client_certs_offered,
         d,
     );
     if let Some(keys) = &api_keys {
@@ -413,10 +420,17 @@ fn listener_kind(l: &RawListener, name: &str, d: &mut Diagnostics) -> ListenerKi
             d.at(&port.span(), kind);
         }
     }
+    let client_certs = l
+        .client_certs
+        .as_ref()
+        .and_then(|c| super::client_certs::listener(c, d));
     let placeholder = ListenerKind::Http(PlainMode::Serve);
     match protocol {
         Some(ListenerProtocol::Https) => match (tls, &l.tls) {
-            (Some(tls), _) => ListenerKind::Https(tls),
+            (Some(tls), _) => ListenerKind::Https(TlsConfig {
+                client_certs,
+                ..tls
+            }),
             (None, Field::Absent) => {
                 let kind = ErrorKind::TlsMissing {
                     listener: name.to_owned(),
@@ -433,6 +447,13 @@ fn listener_kind(l: &RawListener, name: &str, d: &mut Diagnostics) -> ListenerKi
                     applies: "to `protocol = \"https\"` listeners",
                 };
                 d.at(&t.span(), kind);
+            }
+            if let Some(c) = &l.client_certs {
+                let kind = ErrorKind::NotApplicable {
+                    key: "listeners.client_certs".into(),
+                    applies: "to `protocol = \"https\"` listeners",
+                };
+                d.at(&c.header, kind);
             }
             ListenerKind::Http(match mode {
                 HttpMode::Serve => PlainMode::Serve,
@@ -504,6 +525,7 @@ fn listener_tls(raw: &RawListenerTls, d: &mut Diagnostics) -> TlsConfig {
         min_version: raw.min_version.value_or(TlsVersion::Tls12),
         alpn: alpn(&raw.alpn, d),
         hsts: raw.hsts.as_ref().and_then(|h| hsts(h, d)),
+        client_certs: None,
     }
 }
 

@@ -31,10 +31,14 @@ pub struct ProxyConfig {
 pub struct TokenProviderConfig {
     /// Unique name routes refer to.
     pub name: String,
-    /// Discovery, key cache and refresh settings.
+    /// Discovery or static keys, key cache and refresh settings, start-up policy, verified-token
+    /// cache bound.
     pub oidc: crate::identity::oidc::OidcConfig,
     /// What a token must satisfy: issuer, audiences, algorithms, clock skew, size, `typ`.
     pub policy: crate::identity::jwt::ValidationPolicy,
+    /// The static JWKS file (`jwks_file`, resolved against the config's directory) whose
+    /// contents are in `oidc.keys`: a change of this file is a reason to reload.
+    pub jwks_file: Option<PathBuf>,
 }
 
 /// API keys: the hashed key file and where clients present keys.
@@ -55,6 +59,33 @@ pub struct RouteAuth {
     pub token: Option<RouteToken>,
     /// A valid API key whose scope covers this route (or its product).
     pub api_key: bool,
+    /// A verified client certificate matching the route's rules (mTLS).
+    pub client_cert: Option<RouteClientCert>,
+}
+
+/// A route that requires a client certificate (`[routes.client_cert]`).
+#[derive(Clone, Debug, Default)]
+pub struct RouteClientCert {
+    /// Which verified certificates may use the route (an empty rule allows any).
+    pub rule: crate::identity::mtls::CertRule,
+    /// Names of the certificate-fact headers sent to the backend (a subset of
+    /// `identity::mtls::FORWARDED_HEADER_NAMES`).
+    pub forward: Vec<&'static str>,
+    /// RFC 8705: the access token's `cnf.x5t#S256` must name this certificate.
+    pub bound_token: bool,
+}
+
+/// A TLS listener's client-certificate settings (`[listeners.client_certs]`).
+#[derive(Clone, Debug)]
+pub struct ClientCertsConfig {
+    pub mode: crate::identity::mtls::ClientAuth,
+    /// Trust anchors for client chains (every `ca` bundle together).
+    pub roots: Arc<rustls::RootCertStore>,
+    pub crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    pub revocation: crate::identity::mtls::RevocationPolicy,
+    /// Source files, for messages and for reloading when they change.
+    pub ca_files: Vec<PathBuf>,
+    pub crl_files: Vec<PathBuf>,
 }
 
 /// A route that requires a bearer token.
@@ -123,6 +154,8 @@ pub struct TlsConfig {
     pub alpn: Vec<Vec<u8>>,
     /// `Strict-Transport-Security` on every response; `None` to send none.
     pub hsts: Option<Hsts>,
+    /// Client certificates (mTLS); `None` asks for none.
+    pub client_certs: Option<ClientCertsConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,7 +213,7 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// Pass WebSocket upgrades through.
     pub websocket: bool,
-    /// Identity requirements (tokens; keys and certificates come later).
+    /// Identity requirements: token, API key, client certificate (any combination).
     pub auth: RouteAuth,
 }
 

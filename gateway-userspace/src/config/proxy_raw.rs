@@ -94,6 +94,8 @@ pub(crate) struct RawListener {
     pub http_mode: Field<HttpMode>,
     pub redirect_port: Field<i64>,
     pub tls: Field<RawListenerTls>,
+    /// `[listeners.client_certs]` (mTLS): `None` when absent or not a table (reported).
+    pub client_certs: Option<super::client_certs::RawClientCerts>,
 }
 
 impl RawListener {
@@ -111,6 +113,9 @@ impl RawListener {
             http_mode: t.keyword("http_mode", d),
             redirect_port: t.value("redirect_port", d),
             tls: t.table("tls", d).read_field(d, RawListenerTls::read),
+            client_certs: t
+                .table("client_certs", d)
+                .read_optional(d, super::client_certs::RawClientCerts::read),
         };
         t.finish(d);
         raw
@@ -307,6 +312,8 @@ pub(crate) struct RawRoute {
     pub token: Option<RawRouteToken>,
     /// Requires an API key (needs `[api_keys]`).
     pub api_key: Field<bool>,
+    /// `[routes.client_cert]`: `None` when absent or not a table (reported).
+    pub client_cert: Option<super::client_certs::RawRouteClientCert>,
 }
 
 impl RawRoute {
@@ -326,6 +333,9 @@ impl RawRoute {
             timeouts: t.table("timeouts", d).read_or_default(d, RawTimeouts::read),
             token: t.table("token", d).read_optional(d, RawRouteToken::read),
             api_key: t.value("api_key", d),
+            client_cert: t
+                .table("client_cert", d)
+                .read_optional(d, super::client_certs::RawRouteClientCert::read),
         };
         t.finish(d);
         raw
@@ -383,6 +393,10 @@ pub(crate) struct RawTokenProvider {
     pub ca: Field<String>,
     pub jwks_refresh: Field<String>,
     pub unknown_kid_interval: Field<String>,
+    pub jwks_file: Field<String>,
+    pub jwks: Field<String>,
+    pub startup: Field<crate::identity::oidc::StartupPolicy>,
+    pub token_cache_entries: Field<i64>,
 }
 
 impl RawTokenProvider {
@@ -398,6 +412,10 @@ impl RawTokenProvider {
             ca: t.value("ca", d),
             jwks_refresh: t.value("jwks_refresh", d),
             unknown_kid_interval: t.value("unknown_kid_interval", d),
+            jwks_file: t.value("jwks_file", d),
+            jwks: t.value("jwks", d),
+            startup: t.keyword("startup", d),
+            token_cache_entries: t.value("token_cache_entries", d),
         };
         t.finish(d);
         raw

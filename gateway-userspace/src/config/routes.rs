@@ -34,6 +34,7 @@ pub(crate) fn routes(
     pool_names: &[Option<String>],
     provider_names: &[Option<String>],
     api_keys_declared: bool,
+    client_certs_offered: bool,
     d: &mut Diagnostics,
 ) -> Vec<RouteConfig> {
     let mut names = Names::new("route");
@@ -46,6 +47,7 @@ pub(crate) fn routes(
                 pool_names,
                 provider_names,
                 api_keys_declared,
+                client_certs_offered,
                 d,
             )
         })
@@ -62,6 +64,7 @@ fn route(
     pool_names: &[Option<String>],
     provider_names: &[Option<String>],
     api_keys_declared: bool,
+    client_certs_offered: bool,
     d: &mut Diagnostics,
 ) -> Compiled {
     if let Some(name) = &r.name {
@@ -143,6 +146,9 @@ fn route(
                     }
                     _ => false,
                 },
+                client_cert: r.client_cert.as_ref().map(|c| {
+                    super::client_certs::route(c, r.token.is_some(), client_certs_offered, d)
+                }),
             },
         },
         header: r.header,

@@ -19,6 +19,8 @@ use serde_json::Value;
 use super::model::{AttachMode, LogFormat, LogLevel};
 use super::proxy_model::{Balance, ClientIpHeader, TlsVersion, UpstreamProtocol};
 use super::proxy_raw::{ClaimOp, HttpMode, ListenerProtocol, PathMatchKind};
+use super::client_certs::RevocationDepth;
+use crate::identity::mtls::ClientAuth;
 use super::reader::Keyword;
 use crate::rules::{Mode, UnknownCountry};
 
@@ -106,6 +108,8 @@ keyword_schema!(
     UpstreamProtocol,
     PathMatchKind,
     ClaimOp,
+    ClientAuth,
+    RevocationDepth,
 );
 
 /// A string schema with a pattern the reader's own check is stricter than or equal to.
@@ -327,6 +331,44 @@ struct Listener {
     redirect_port: Option<i64>,
     /// TLS settings: required for https listeners, refused for http ones.
     tls: Option<ListenerTls>,
+    /// Client certificates (mTLS) on an https listener; refused for http ones.
+    client_certs: Option<ClientCerts>,
+}
+
+/// `[listeners.client_certs]`: ask clients for certificates and verify them.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields, transform = client_certs_rules)]
+struct ClientCerts {
+    /// none: ask for no certificate. optional: ask; a client may send none (routes that need
+    /// one answer 403), but one that is sent must verify. required: no handshake without a
+    /// valid certificate.
+    #[schemars(extend("default" = "required"))]
+    mode: Option<ClientAuth>,
+    /// PEM bundles of the CAs that issue client certificates (needed unless mode = "none").
+    #[schemars(length(min = 1))]
+    ca: Option<Vec<FilePath>>,
+    /// Certificate revocation lists (PEM `X509 CRL` sections or DER). With CRLs, a
+    /// certificate from an issuer no CRL covers is refused unless allow_unknown_revocation.
+    crls: Option<Vec<FilePath>>,
+    /// chain: check every certificate of the chain against the CRLs; end_entity: only the
+    /// client's own.
+    #[schemars(extend("default" = "chain"))]
+    revocation_depth: Option<RevocationDepth>,
+    /// Accept certificates whose issuer no configured CRL covers.
+    #[schemars(extend("default" = false))]
+    allow_unknown_revocation: Option<bool>,
+    /// Accept CRLs past their nextUpdate.
+    #[schemars(extend("default" = false))]
+    allow_expired_crls: Option<bool>,
+}
+
+/// `ca` is needed unless the mode is none.
+fn client_certs_rules(schema: &mut Schema) {
+    schema.insert(
+        "if".into(),
+        serde_json::json!({ "properties": { "mode": { "const": "none" } }, "required": ["mode"] }),
+    );
+    schema.insert("else".into(), serde_json::json!({ "required": ["ca"] }));
 }
 
 /// What `protocol` implies, as JSON Schema conditionals.
@@ -344,7 +386,7 @@ fn listener_rules(schema: &mut Schema) {
     );
     schema.insert(
         "else".into(),
-        serde_json::json!({ "properties": { "tls": false } }),
+        serde_json::json!({ "properties": { "tls": false, "client_certs": false } }),
     );
 }
 
@@ -520,6 +562,52 @@ struct Route {
     /// Require a valid API key whose scope covers this route; needs [api_keys].
     #[schemars(extend("default" = false))]
     api_key: Option<bool>,
+    /// Require a verified client certificate; needs a listener with [listeners.client_certs].
+    client_cert: Option<RouteClientCertSection>,
+}
+
+/// `[routes.client_cert]`: which client certificates may use the route. Every non-empty list
+/// must match (and), an entry of a list suffices (or); no lists: any verified certificate.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct RouteClientCertSection {
+    /// SHA-256 of the certificate's DER, 64 hex digits (`:` separators allowed).
+    #[schemars(inner(regex(pattern = r"^([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$")))]
+    thumbprints: Option<Vec<String>>,
+    /// Subject DNs as RFC 4514 writes them ("CN=client,O=Example"), compared exactly.
+    subjects: Option<Vec<String>>,
+    /// Issuer DNs as RFC 4514 writes them, compared exactly.
+    issuers: Option<Vec<String>>,
+    /// DNS SANs: exact (any case) or "*.example.com" (one label).
+    dns: Option<Vec<String>>,
+    /// URI SANs (SPIFFE IDs): exact, or a prefix when ending in `/`.
+    uris: Option<Vec<String>>,
+    /// Certificate facts sent to the backend as X-Client-Cert-* headers (client copies are
+    /// always removed).
+    #[schemars(extend("uniqueItems" = true))]
+    forward: Option<Vec<CertFact>>,
+    /// RFC 8705: the access token's cnf.x5t#S256 must name this certificate (needs
+    /// [routes.token]).
+    #[schemars(extend("default" = false))]
+    bound_token: Option<bool>,
+}
+
+/// A certificate fact `forward` can send.
+struct CertFact;
+impl JsonSchema for CertFact {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "CertFact".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let words: Vec<&str> = super::client_certs::FORWARD_FACTS
+            .iter()
+            .map(|(w, _)| *w)
+            .collect();
+        json_schema!({ "type": "string", "enum": words })
+    }
 }
 
 /// `[api_keys]`: the key file (hashes only) and where clients present keys.
@@ -541,14 +629,18 @@ struct ApiKeysSection {
     query_param: Option<String>,
 }
 
+keyword_schema!(crate::identity::oidc::StartupPolicy);
+
 /// One `[[token_providers]]` entry: an OpenID Connect issuer whose signed JWTs routes accept.
+/// Its keys come from discovery, or from `jwks_file` or `jwks` (at most one of the two).
 #[derive(JsonSchema)]
-#[schemars(deny_unknown_fields)]
+#[schemars(deny_unknown_fields, extend("not" = {"required": ["jwks_file", "jwks"]}))]
 struct TokenProvider {
     /// Unique; routes name it in `[routes.token] provider`.
     name: Name,
     /// The exact `iss` of its tokens; discovery is at <issuer>/.well-known/openid-configuration.
     /// http:// only to loopback hosts; https:// needs `ca` (there are no built-in web roots).
+    /// With static keys (`jwks_file`, `jwks`) nothing is fetched and any http(s) URL will do.
     #[schemars(regex(pattern = r"^https?://"))]
     issuer: String,
     /// Accepted `aud` values; a token must name at least one.
@@ -581,6 +673,20 @@ struct TokenProvider {
     /// At most one refetch per this interval for a token signed with an unknown key. 1s to 10m.
     #[schemars(extend("default" = "10s"))]
     unknown_kid_interval: Option<DurationStr>,
+    /// Static keys: a JWKS file (RFC 7517 `{"keys": [...]}`), instead of discovery. Read
+    /// again on every reload, and reloaded when it changes.
+    jwks_file: Option<FilePath>,
+    /// Static keys written inline: the JWKS document as a string, instead of discovery.
+    #[schemars(length(min = 1))]
+    jwks: Option<String>,
+    /// Until the keys first load: "wait_for_keys" keeps the gateway not ready (/ready answers
+    /// 503); "serve" reports ready. Tokens of this provider are refused either way until then.
+    #[schemars(extend("default" = "wait_for_keys"))]
+    startup: Option<crate::identity::oidc::StartupPolicy>,
+    /// Bound of the verified-token cache (tokens already verified are not verified again until
+    /// their `exp` or until their key leaves the JWKS); 0 disables it. At most 1000000.
+    #[schemars(range(min = 0, max = 1_000_000), extend("default" = 10000))]
+    token_cache_entries: Option<u32>,
 }
 
 /// `[routes.token]`: the route requires a valid bearer token.
@@ -947,6 +1053,8 @@ protocol = "https"
 [listeners.tls]
 certificates = [{ cert = "c.pem", key = "k.pem" }]
 [listeners.tls.hsts]
+[listeners.client_certs]
+ca = ["c.pem"]
 [[listeners]]
 name = "plain"
 bind = "127.0.0.1:0"
@@ -970,6 +1078,7 @@ name = "r"
 path = "/"
 pool = "p"
 [routes.timeouts]
+[routes.client_cert]
 [routes.token]
 provider = "idp"
 [[routes.token.rules]]

@@ -684,3 +684,133 @@ proptest::proptest! {
         let _ = load_str(&text, Path::new("/nonexistent/fuzz.toml"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Token providers: static keys, start-up policy, verified-token cache bound.
+
+/// Writes `files` and `config` (as `p.toml`) into a new directory; returns the load result
+/// with the directory shown as `$DIR`.
+fn load_in_dir(config: &str, files: &[(&str, &str)]) -> Result<Config, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, config).expect("write");
+    load(&path).map_err(|e| {
+        e.to_string()
+            .replace(&dir.path().display().to_string(), "$DIR")
+    })
+}
+
+const PROVIDER: &str = "[kernel]\nenabled = false\n[[token_providers]]\nname = \"idp\"\n\
+                        issuer = \"https://idp.example\"\naudiences = [\"api\"]\n";
+
+#[test]
+fn static_keys_from_a_file_or_inline() {
+    use crate::identity::oidc::{KeySource, StartupPolicy};
+    use crate::identity::test_tokens::{TestKey, jwks};
+    let keys = jwks(&[&TestKey::new("k1")]);
+    let config = format!(
+        "{PROVIDER}jwks_file = \"keys.json\"\n\
+         [[token_providers]]\nname = \"inline\"\nissuer = \"http://partner.example\"\n\
+         audiences = [\"api\"]\njwks = '{keys}'\ntoken_cache_entries = 0\n\
+         [[token_providers]]\nname = \"discovered\"\nissuer = \"http://127.0.0.1:9000\"\n\
+         audiences = [\"api\"]\nstartup = \"serve\"\ntoken_cache_entries = 50\n"
+    );
+    let c = load_in_dir(&config, &[("keys.json", &keys)]).unwrap_or_else(|e| panic!("{e}"));
+    let [file, inline, discovered] = &c.proxy.token_providers[..] else {
+        panic!("three providers");
+    };
+    assert!(
+        file.jwks_file
+            .as_ref()
+            .is_some_and(|p| p.ends_with("keys.json"))
+    );
+    assert!(matches!(&file.oidc.keys, KeySource::Static(j) if j.json() == keys.as_bytes()));
+    assert_eq!(file.oidc.token_cache_entries, 10_000);
+    assert_eq!(file.oidc.startup, StartupPolicy::WaitForKeys);
+    assert!(inline.jwks_file.is_none());
+    assert!(matches!(&inline.oidc.keys, KeySource::Static(j) if j.json() == keys.as_bytes()));
+    assert_eq!(inline.oidc.token_cache_entries, 0);
+    assert_eq!(discovered.oidc.keys, KeySource::Discovery);
+    assert_eq!(discovered.oidc.startup, StartupPolicy::Serve);
+    assert_eq!(discovered.oidc.token_cache_entries, 50);
+}
+
+#[test]
+fn bad_jwks_files_are_located_at_the_key() {
+    let config = format!("{PROVIDER}jwks_file = \"keys.json\"\n");
+    let unusable = "{\n  \"keys\": [\n    {\"kty\": \"oct\", \"k\": \"c2VjcmV0\", \"kid\": \"hmac\"},\n    \
+                    {\"kty\": \"OKP\", \"crv\": \"Ed25519\", \"x\": \"AAAA\"}\n  ]\n}\n";
+    assert_eq!(
+        load_in_dir(&config, &[("keys.json", unusable)]).unwrap_err(),
+        "$DIR/keys.json:3:5: error: invalid JWKS: no usable signature verification key: key #1 \
+         (kid `hmac`) is not usable: symmetric (oct) keys are never used: HMAC is refused by \
+         design\n\
+         $DIR/keys.json:4:5: error: invalid JWKS: no usable signature verification key: key #2 \
+         is not usable: EC or OKP coordinates of the wrong length or not a point on the curve"
+    );
+    use crate::identity::test_tokens::TestKey;
+    let (a, b) = (TestKey::new("same"), TestKey::new("same"));
+    let duplicate = format!("{{\"keys\": [\n{},\n  {}\n]}}", a.jwk(), b.jwk());
+    assert_eq!(
+        load_in_dir(&config, &[("keys.json", &duplicate)]).unwrap_err(),
+        "$DIR/keys.json:3:3: error: invalid JWKS: key #2 (kid `same`) repeats the kid of key \
+         #1: a token names its key by kid, so kids must be unique"
+    );
+    assert_eq!(
+        load_in_dir(&config, &[("keys.json", "{\"keys\": [\n  {\"kty\": }\n]}")]).unwrap_err(),
+        "$DIR/keys.json:2:11: error: invalid JWKS: not JSON: expected value"
+    );
+    assert_eq!(
+        load_in_dir(&config, &[("keys.json", "[]")]).unwrap_err(),
+        "$DIR/keys.json:1:1: error: invalid JWKS: not a JSON object with a \"keys\" array of \
+         JWKs (RFC 7517 section 5), or a member name is repeated"
+    );
+    assert_eq!(
+        load_in_dir(&config, &[]).unwrap_err(),
+        "$DIR/p.toml:7:13: error: `token_providers.jwks_file`: cannot read the JWKS file \
+         `keys.json`: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn key_sources_and_the_keys_that_go_with_them() {
+    use crate::identity::test_tokens::{TestKey, jwks};
+    let keys = jwks(&[&TestKey::new("k1")]);
+    let config = format!(
+        "{PROVIDER}jwks_file = \"keys.json\"\njwks = '{keys}'\n\
+         [[token_providers]]\nname = \"s\"\nissuer = \"https://s.example\"\naudiences = [\"api\"]\n\
+         jwks = '{keys}'\nca = \"ca.pem\"\njwks_refresh = \"5m\"\nunknown_kid_interval = \"10s\"\n\
+         startup = \"serve\"\n\
+         [[token_providers]]\nname = \"d\"\nissuer = \"http://127.0.0.1:9000\"\n\
+         audiences = [\"api\"]\nstartup = \"later\"\ntoken_cache_entries = -1\n\
+         [[token_providers]]\nname = \"e\"\nissuer = \"idp.example\"\naudiences = [\"api\"]\n\
+         jwks = '{{\"keys\": []}}'\ntoken_cache_entries = 2000000\n"
+    );
+    assert_eq!(
+        load_in_dir(&config, &[("keys.json", &keys)]).unwrap_err(),
+        "$DIR/p.toml:8:8: error: `token_providers.jwks`: the provider already has its keys from \
+         `token_providers.jwks_file`; give keys one way: `jwks_file`, inline `jwks`, or neither \
+         to discover them from the issuer\n\
+         $DIR/p.toml:14:6: error: `token_providers.ca` applies only to providers whose keys are \
+         discovered from the issuer (not with `jwks_file` or `jwks`)\n\
+         $DIR/p.toml:15:16: error: `token_providers.jwks_refresh` applies only to providers whose \
+         keys are discovered from the issuer (not with `jwks_file` or `jwks`)\n\
+         $DIR/p.toml:16:24: error: `token_providers.unknown_kid_interval` applies only to \
+         providers whose keys are discovered from the issuer (not with `jwks_file` or `jwks`)\n\
+         $DIR/p.toml:17:11: error: `token_providers.startup` applies only to providers whose keys \
+         are discovered from the issuer (not with `jwks_file` or `jwks`)\n\
+         $DIR/p.toml:22:11: error: `token_providers.startup`: unknown value `later`; expected one \
+         of: wait_for_keys, serve\n\
+         $DIR/p.toml:23:23: error: `token_providers.token_cache_entries`: invalid value `-1`: it \
+         must be 0 (no cache) to 1000000\n\
+         $DIR/p.toml:26:10: error: `token_providers.issuer`: `idp.example` is not an \
+         http(s)://host[:port][/path] URL\n\
+         $DIR/p.toml:28:8: error: `token_providers.jwks`: invalid JWKS: the \"keys\" array is \
+         empty: list the issuer's public signing keys\n\
+         $DIR/p.toml:29:23: error: `token_providers.token_cache_entries`: invalid value \
+         `2000000`: it must be 0 (no cache) to 1000000"
+    );
+}

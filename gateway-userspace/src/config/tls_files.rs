@@ -59,6 +59,9 @@ pub enum TlsFileError {
         index: usize,
         reason: String,
     },
+    /// No `X509 CRL` section in a PEM file, or a DER file that is not a CRL.
+    #[error("{}: no certificate revocation list found (expected PEM `X509 CRL` sections or one DER CRL)", path.display())]
+    NoCrl { path: PathBuf },
 }
 
 /// Reads a whole PEM file, refusing what cannot be one.
@@ -175,6 +178,35 @@ pub(crate) fn certified_key(
             },
         )),
     }
+}
+
+/// Every certificate revocation list in a file: PEM (`-----BEGIN X509 CRL-----`, any number)
+/// or a single DER CRL, as CAs publish them at their distribution points. Only the framing is
+/// checked here; the client verifier parses the lists when it is built and reports what it
+/// cannot use.
+pub(crate) fn crls(
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateRevocationListDer<'static>>, TlsFileError> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    let bytes = read(path)?;
+    if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        let lists = CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_error(path, &e))?;
+        if lists.is_empty() {
+            return Err(TlsFileError::NoCrl {
+                path: path.to_path_buf(),
+            });
+        }
+        return Ok(lists);
+    }
+    // DER: a CRL is one SEQUENCE (tag 0x30) filling the file.
+    if bytes.first() != Some(&0x30) {
+        return Err(TlsFileError::NoCrl {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(vec![CertificateRevocationListDer::from(bytes)])
 }
 
 /// A CA bundle as trust anchors: every certificate in it must be usable.

@@ -1,9 +1,11 @@
-//! Compiles `[[token_providers]]` (issuer, audiences, algorithms, key refresh) and a route's
+//! Compiles `[[token_providers]]` (issuer, audiences, algorithms, key source: discovery, a JWKS
+//! file or inline keys, key refresh, start-up policy, token cache bound) and a route's
 //! `[routes.token]` (where the token comes from, claims rules per method, claims copied into
 //! headers). The checks are the ones the identity layer would otherwise fail on at run time,
 //! or silently weaken: an issuer the key fetcher refuses, `none` or HMAC algorithms, a claim
 //! header that would overwrite what the proxy itself sets.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,20 +14,26 @@ use toml::Spanned;
 
 use super::compile::{Names, resolve};
 use super::duration;
-use super::error::ErrorKind;
+use super::error::{ConfigError, ErrorKind, Location};
 use super::proxy_model::{RouteToken, TokenProviderConfig};
 use super::proxy_raw::{ClaimOp, RawClaimHeader, RawRequirement, RawRouteToken, RawTokenProvider};
 use super::raw::Strings;
-use super::reader::{Field, closest};
+use super::reader::{Field, Keyword, closest};
 use super::routes;
 use super::size;
-use super::source::Diagnostics;
+use super::source::{Diagnostics, SourceFile};
 use super::tls_files;
 use crate::identity::authz::{
     ClaimHeader, ClaimRequirement, Match, MethodRule, RoutePolicy, TokenSource,
 };
-use crate::identity::jwt::{Algorithm, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, ValidationPolicy};
-use crate::identity::oidc::{OidcConfig, OidcError, check_url};
+use crate::identity::jwt::{
+    Algorithm, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, JwksError, MAX_JWKS_BYTES,
+    ValidationPolicy, parse_jwks,
+};
+use crate::identity::oidc::{
+    DEFAULT_TOKEN_CACHE_ENTRIES, KeySource, OidcConfig, OidcError, StartupPolicy, StaticJwks,
+    check_url, fingerprint,
+};
 
 /// Defaults and limits, named once: the docs, the example and the schema quote them.
 pub(crate) mod defaults {
@@ -58,19 +66,37 @@ pub(crate) fn providers(
 }
 
 fn provider(p: &RawTokenProvider, d: &mut Diagnostics) -> TokenProviderConfig {
-    let ca_roots = p.ca.present().and_then(|ca| {
+    // Keys from the config (a file or inline) instead of discovery. A key present but refused
+    // still counts, so its errors do not cascade into discovery's (issuer transport, `ca`).
+    let is_static = !matches!(p.jwks_file, Field::Absent) || !matches!(p.jwks, Field::Absent);
+    if is_static {
+        not_for_static_keys(p, d);
+    }
+    let ca_roots = p.ca.present().filter(|_| !is_static).and_then(|ca| {
         let path = resolve("token_providers.ca", ca, d)?;
-        tls_files::root_store(&path)
+        let roots = tls_files::root_store(&path)
             .map_err(|e| d.at(&ca.span(), e.into()))
-            .ok()
-            .map(Arc::new)
+            .ok()?;
+        // The bundle's bytes identify it across reloads (a changed bundle rebuilds the
+        // provider); read after a successful load, so a failure here is not expected.
+        let fp = std::fs::read(&path).ok().map(|b| fingerprint(&b));
+        Some((Arc::new(roots), fp))
     });
+    let (ca_roots, ca_fingerprint) = match ca_roots {
+        Some((roots, fp)) => (Some(roots), fp),
+        None => (None, None),
+    };
     let issuer = p.issuer.as_ref().map_or_else(String::new, |i| {
-        // A `ca` that failed to load was reported; do not also say it is missing.
-        let have_ca = !matches!(p.ca, Field::Absent);
-        issuer(i, have_ca, p.ca.present().map(|c| c.span()), d);
+        if is_static {
+            static_issuer(i, d);
+        } else {
+            // A `ca` that failed to load was reported; do not also say it is missing.
+            let have_ca = !matches!(p.ca, Field::Absent);
+            issuer(i, have_ca, p.ca.present().map(|c| c.span()), d);
+        }
         i.get_ref().clone()
     });
+    let (keys, jwks_file) = key_source(p, d);
     let defaults = OidcConfig::new(issuer.clone());
     let jwks_refresh = duration_within(
         &p.jwks_refresh,
@@ -162,8 +188,400 @@ fn provider(p: &RawTokenProvider, d: &mut Diagnostics) -> TokenProviderConfig {
             ca_roots,
             default_refresh: jwks_refresh.unwrap_or(defaults.default_refresh),
             unknown_kid_interval: unknown_kid_interval.unwrap_or(defaults.unknown_kid_interval),
+            ca_fingerprint,
+            keys,
+            startup: p.startup.value_or(StartupPolicy::default()),
+            token_cache_entries: token_cache_entries(&p.token_cache_entries, d),
             ..defaults
         },
+        jwks_file,
+    }
+}
+
+impl Keyword for StartupPolicy {
+    const WORDS: &'static [(&'static str, Self)] =
+        &[("wait_for_keys", Self::WaitForKeys), ("serve", Self::Serve)];
+}
+
+/// Keys that only apply to discovered keys, reported when the keys are static.
+fn not_for_static_keys(p: &RawTokenProvider, d: &mut Diagnostics) {
+    const APPLIES: &str = "to providers whose keys are discovered from the issuer (not with \
+                           `jwks_file` or `jwks`)";
+    let spans = [
+        ("token_providers.ca", p.ca.present().map(|v| v.span())),
+        (
+            "token_providers.jwks_refresh",
+            p.jwks_refresh.present().map(|v| v.span()),
+        ),
+        (
+            "token_providers.unknown_kid_interval",
+            p.unknown_kid_interval.present().map(|v| v.span()),
+        ),
+        (
+            "token_providers.startup",
+            p.startup.present().map(|v| v.span()),
+        ),
+    ];
+    for (key, span) in spans {
+        if let Some(span) = span {
+            let kind = ErrorKind::NotApplicable {
+                key: key.into(),
+                applies: APPLIES,
+            };
+            d.at(&span, kind);
+        }
+    }
+}
+
+/// The issuer of a provider with static keys: nothing is fetched from it, so the transport
+/// rules do not apply, but it is still the exact `iss` and must look like one.
+fn static_issuer(i: &Spanned<String>, d: &mut Diagnostics) {
+    let value = i.get_ref();
+    let uri = value.parse::<http::Uri>().ok();
+    let reason = if value.contains(['?', '#']) {
+        Some("must not carry a query or fragment: tokens' `iss` is compared with it exactly")
+    } else if !uri
+        .as_ref()
+        .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+    {
+        Some("is not an http(s)://host[:port][/path] URL")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        let kind = ErrorKind::Issuer {
+            value: value.clone(),
+            reason: reason.into(),
+        };
+        d.at(&i.span(), kind);
+    }
+}
+
+/// Largest `token_cache_entries`: a bound on memory (an entry holds a token's claims).
+const MAX_TOKEN_CACHE_ENTRIES: i64 = 1_000_000;
+
+fn token_cache_entries(field: &Field<i64>, d: &mut Diagnostics) -> usize {
+    let Some(v) = field.present() else {
+        return DEFAULT_TOKEN_CACHE_ENTRIES;
+    };
+    match usize::try_from(*v.get_ref()) {
+        Ok(n) if *v.get_ref() <= MAX_TOKEN_CACHE_ENTRIES => n,
+        _ => {
+            let kind = ErrorKind::Invalid {
+                key: "token_providers.token_cache_entries".into(),
+                value: v.get_ref().to_string(),
+                reason: format!("it must be 0 (no cache) to {MAX_TOKEN_CACHE_ENTRIES}"),
+            };
+            d.at(&v.span(), kind);
+            DEFAULT_TOKEN_CACHE_ENTRIES
+        }
+    }
+}
+
+/// Where the keys come from: `jwks_file` (read and checked now, so a reload re-reads it),
+/// inline `jwks`, or discovery. Returns the source and the resolved file.
+fn key_source(p: &RawTokenProvider, d: &mut Diagnostics) -> (KeySource, Option<PathBuf>) {
+    let (file, inline) = (p.jwks_file.present(), p.jwks.present());
+    if let (Some(_), Some(inline)) = (file, inline) {
+        let kind = ErrorKind::KeySourceConflict {
+            key: "jwks",
+            other: "jwks_file",
+        };
+        d.at(&inline.span(), kind);
+        return (KeySource::Discovery, None);
+    }
+    if let Some(file) = file {
+        let Some(path) = resolve("token_providers.jwks_file", file, d) else {
+            return (KeySource::Discovery, None);
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                let kind = ErrorKind::JwksFileRead {
+                    path: file.get_ref().clone(),
+                    reason: e.to_string(),
+                };
+                d.at(&file.span(), kind);
+                return (KeySource::Discovery, Some(path));
+            }
+        };
+        let ok = check_jwks(&bytes, JwksAt::File(&path), d);
+        let keys = if ok {
+            KeySource::Static(StaticJwks::new(bytes))
+        } else {
+            KeySource::Discovery
+        };
+        return (keys, Some(path));
+    }
+    if let Some(inline) = inline {
+        let bytes = inline.get_ref().as_bytes();
+        if check_jwks(bytes, JwksAt::Inline(inline.span()), d) {
+            return (KeySource::Static(StaticJwks::new(bytes)), None);
+        }
+    }
+    (KeySource::Discovery, None)
+}
+
+/// Where a static JWKS is, for locating its errors.
+enum JwksAt<'p> {
+    /// A file: errors are located in it (at the offending key where it can be found).
+    File(&'p Path),
+    /// The `jwks` string: errors are located at it.
+    Inline(std::ops::Range<usize>),
+}
+
+/// Applies the JWKS hygiene of fetched keys ([`parse_jwks`]); reports what it refuses, naming
+/// the key (by position and `kid`, never key material) and the reason. Returns whether the set
+/// is usable.
+fn check_jwks(json: &[u8], at: JwksAt, d: &mut Diagnostics) -> bool {
+    let err = match parse_jwks(json) {
+        Ok(_) => return true,
+        Err(e) => e,
+    };
+    let offsets = jwk_offsets(json);
+    let text = std::str::from_utf8(json).ok();
+    let mut report = |offset: Option<usize>, line_col: Option<(usize, usize)>, reason: String| {
+        let what = match &at {
+            JwksAt::File(_) => "invalid JWKS".to_owned(),
+            JwksAt::Inline(_) => "`token_providers.jwks`: invalid JWKS".to_owned(),
+        };
+        let kind = ErrorKind::Jwks { what, reason };
+        match &at {
+            JwksAt::Inline(span) => d.at(span, kind),
+            JwksAt::File(path) => {
+                let location = match (line_col, offset, text) {
+                    (Some((line, column)), _, _) => Location {
+                        file: path.to_path_buf(),
+                        line: line.max(1),
+                        column: column.max(1),
+                    },
+                    (None, Some(o), Some(t)) => SourceFile::new(path, t).location(o),
+                    _ => Location {
+                        file: path.to_path_buf(),
+                        line: 1,
+                        column: 1,
+                    },
+                };
+                d.push(ConfigError { location, kind });
+            }
+        }
+    };
+    let name = |i: usize, kid: Option<&str>| match kid {
+        Some(k) => format!("key #{} (kid `{k}`)", i + 1),
+        None => format!("key #{}", i + 1),
+    };
+    match err {
+        JwksError::Malformed => match serde_json::from_slice::<serde_json::Value>(json) {
+            _ if json.len() > MAX_JWKS_BYTES => {
+                report(None, None, format!("larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            Err(e) => {
+                // serde_json's message ends with its own "at line L column C"; the location
+                // already says where.
+                let message = e.to_string();
+                let message = message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or("not JSON")
+                    .to_owned();
+                report(
+                    None,
+                    Some((e.line(), e.column())),
+                    format!("not JSON: {message}"),
+                );
+            }
+            Ok(_) => report(
+                None,
+                None,
+                "not a JSON object with a \"keys\" array of JWKs (RFC 7517 section 5), or a \
+                 member name is repeated"
+                    .into(),
+            ),
+        },
+        JwksError::DuplicateKid => {
+            let doc: Option<serde_json::Value> = serde_json::from_slice(json).ok();
+            let list = doc
+                .as_ref()
+                .and_then(|v| v.get("keys"))
+                .and_then(serde_json::Value::as_array);
+            let kids: Vec<Option<&str>> = list
+                .map(|l| {
+                    l.iter()
+                        .map(|k| k.get("kid").and_then(serde_json::Value::as_str))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let dup = kids.iter().enumerate().find_map(|(i, k)| {
+                let k = (*k)?;
+                kids[..i]
+                    .iter()
+                    .position(|e| *e == Some(k))
+                    .map(|first| (i, first, k))
+            });
+            match dup {
+                Some((i, first, kid)) => report(
+                    offsets.get(i).copied(),
+                    None,
+                    format!(
+                        "{} repeats the kid of key #{}: a token names its key by kid, so kids \
+                         must be unique",
+                        name(i, Some(kid)),
+                        first + 1
+                    ),
+                ),
+                None => report(None, None, JwksError::DuplicateKid.to_string()),
+            }
+        }
+        JwksError::NoUsableKeys { rejected } => {
+            if rejected.is_empty() {
+                report(
+                    None,
+                    None,
+                    "the \"keys\" array is empty: list the issuer's public signing keys".into(),
+                );
+            }
+            // With no usable key, every key was rejected, in document order.
+            for (i, r) in rejected.iter().enumerate() {
+                report(
+                    offsets.get(i).copied(),
+                    None,
+                    format!(
+                        "no usable signature verification key: {} is not usable: {}",
+                        name(i, r.kid.as_deref()),
+                        r.reason
+                    ),
+                );
+            }
+        }
+    }
+    false
+}
+
+/// Byte offsets of the elements of the top-level `keys` array of a JSON document (empty when
+/// it cannot be found). A small scanner: serde_json keeps no positions of values.
+fn jwk_offsets(json: &[u8]) -> Vec<usize> {
+    let mut s = Scan { b: json, i: 0 };
+    s.ws();
+    if !s.eat(b'{') {
+        return Vec::new();
+    }
+    loop {
+        s.ws();
+        let Some(name) = s.string() else {
+            return Vec::new();
+        };
+        s.ws();
+        if !s.eat(b':') {
+            return Vec::new();
+        }
+        s.ws();
+        if name == b"keys" && s.peek() == Some(b'[') {
+            s.i += 1;
+            let mut out = Vec::new();
+            loop {
+                s.ws();
+                if s.peek() == Some(b']') || s.peek().is_none() {
+                    return out;
+                }
+                out.push(s.i);
+                if !s.skip_value() {
+                    return out;
+                }
+                s.ws();
+                if !s.eat(b',') {
+                    return out;
+                }
+            }
+        }
+        if !s.skip_value() {
+            return Vec::new();
+        }
+        s.ws();
+        if !s.eat(b',') {
+            return Vec::new();
+        }
+    }
+}
+
+struct Scan<'b> {
+    b: &'b [u8],
+    i: usize,
+}
+
+impl<'b> Scan<'b> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+    fn eat(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+            self.i += 1;
+        }
+    }
+    /// A string's raw bytes (escapes left as written).
+    fn string(&mut self) -> Option<&'b [u8]> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        let start = self.i;
+        loop {
+            match self.peek()? {
+                b'\\' => self.i += 2,
+                b'"' => {
+                    let s = self.b.get(start..self.i);
+                    self.i += 1;
+                    return s;
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+    fn skip_value(&mut self) -> bool {
+        match self.peek() {
+            Some(b'"') => self.string().is_some(),
+            Some(b'{' | b'[') => {
+                let mut depth = 0usize;
+                loop {
+                    match self.peek() {
+                        None => return false,
+                        Some(b'"') => {
+                            if self.string().is_none() {
+                                return false;
+                            }
+                            continue;
+                        }
+                        Some(b'{' | b'[') => depth += 1,
+                        Some(b'}' | b']') => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                self.i += 1;
+                                return true;
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                    self.i += 1;
+                }
+            }
+            Some(_) => {
+                let start = self.i;
+                while !matches!(
+                    self.peek(),
+                    None | Some(b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n')
+                ) {
+                    self.i += 1;
+                }
+                self.i > start
+            }
+            None => false,
+        }
     }
 }
 

@@ -7,3 +7,7 @@ pub(crate) mod encoding;
 pub mod jwt;
 pub mod mtls;
 pub mod oidc;
+#[cfg(test)]
+pub(crate) mod test_tokens;
+pub mod token_cache;
+pub mod validator;

@@ -3,12 +3,11 @@
 //! per-route allow rules over those facts, the headers that carry chosen facts to the backend,
 //! and the RFC 8705 binding of access tokens to the certificate (`cnf.x5t#S256`).
 //!
-//! Library level (issue 4): not yet wired into the config, the listeners or the routes. The
-//! listener will plug [`client_verifier`] into the private `client_verifier` hook of
-//! [`crate::proxy::tls::server_config`]; the request path will call [`cert_facts`] on the peer
-//! certificate once per connection and [`CertRule::allows`], [`forwarded_headers`] and
-//! [`cnf_matches`] per request. Reloading CA bundles and CRLs means building a new verifier
-//! (and a new `ServerConfig`) and swapping it in; nothing here caches across reloads.
+//! Wiring: `proxy::tls::server_config` builds the listener's verifier with
+//! [`client_verifier_with`] for every config generation (so reloaded CA bundles and CRLs apply
+//! to new handshakes; nothing here caches across reloads); the listener reads [`cert_facts`]
+//! once per connection; the identity phase calls [`CertRule::allows`], [`cnf_matches`] and
+//! [`forwarded_headers`] per request.
 //!
 //! See `docs/mtls.md` for the operator's view.
 

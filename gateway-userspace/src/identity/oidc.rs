@@ -16,6 +16,14 @@
 //!   rate-limited (at most one per [`OidcConfig::unknown_kid_interval`], default 10 s), so tokens
 //!   with random `kid`s cannot make us flood the provider.
 //! - **Start-up.** [`Readiness::NotReady`] until keys first load; tokens are refused meanwhile.
+//!   Whether that also makes the gateway unready is the [`StartupPolicy`].
+//! - **Static keys.** [`KeySource::Static`]: the keys come from the config (a JWKS file or
+//!   inline), with the same hygiene as fetched ones; nothing is fetched and the provider is ready
+//!   at once. They change only when the config reloads (or through [`OidcProvider::install_jwks`]).
+//! - **Key epochs.** Every key set in use is a [`KeyEpoch`]: the set, a SHA-256 fingerprint of
+//!   each key's JWK, and an id that changes only when the published keys change. The verified
+//!   token cache (`identity::token_cache`) checks its entries against the current epoch, so an
+//!   entry dies with its signing key.
 //!
 //! Transport: one HTTP/1.1 connection per fetch (hyper's connection API; fetches are rare, so a
 //! pool would only hold idle sockets). Every fetch has a 5 s deadline and a 1 MiB body limit.
@@ -42,6 +50,82 @@ use tokio_rustls::TlsConnector;
 
 use crate::identity::jwt::{Claims, JwksError, JwtError, KeySet, ValidationPolicy};
 
+/// SHA-256 of some bytes (key fingerprints, configuration fingerprints).
+pub type Fingerprint = [u8; 32];
+
+/// SHA-256 of `bytes`.
+pub fn fingerprint(bytes: &[u8]) -> Fingerprint {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// Where a provider's verification keys come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeySource {
+    /// OpenID Connect discovery at the issuer, then its `jwks_uri`, refreshed on a timer.
+    #[default]
+    Discovery,
+    /// A JWKS given in the configuration (a file or inline): never fetched or refreshed.
+    Static(StaticJwks),
+}
+
+/// A JWKS document from the configuration, kept as written (it is parsed by
+/// [`OidcProvider::new`] with the same hygiene as a fetched one).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticJwks {
+    json: Arc<[u8]>,
+    fingerprint: Fingerprint,
+}
+
+impl StaticJwks {
+    /// The document as written.
+    pub fn new(json: impl Into<Arc<[u8]>>) -> Self {
+        let json = json.into();
+        let fingerprint = fingerprint(&json);
+        StaticJwks { json, fingerprint }
+    }
+
+    /// The document's bytes.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// SHA-256 of the document.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+}
+
+impl std::fmt::Debug for StaticJwks {
+    // Public keys only, but a JWKS is long: its size and fingerprint say which one it is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticJwks")
+            .field("bytes", &self.json.len())
+            .field("sha256", &hex(&self.fingerprint[..8]))
+            .finish()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a provider without keys holds the gateway back (`startup` in the config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartupPolicy {
+    /// Not ready (`/ready` answers 503) until the keys first load. The default: a load
+    /// balancer then keeps traffic away from a gateway that would refuse every token.
+    #[default]
+    WaitForKeys,
+    /// Ready without keys: routes of other providers and routes without tokens serve, while
+    /// tokens of this provider are still refused until its keys load.
+    Serve,
+}
+
+/// Default bound of the verified-token cache of a provider.
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 10_000;
+
 /// Largest discovery or JWKS response read, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Deadline of one fetch: connect, TLS, request and the whole body.
@@ -67,6 +151,16 @@ pub struct OidcConfig {
     pub unknown_kid_interval: Duration,
     /// Deadline of one fetch (default [`FETCH_TIMEOUT`]).
     pub timeout: Duration,
+    /// Discovery (default) or keys from the configuration.
+    pub keys: KeySource,
+    /// SHA-256 of the CA bundle file behind [`OidcConfig::ca_roots`], when it came from one:
+    /// a reload compares it to tell a changed bundle from an unchanged one.
+    pub ca_fingerprint: Option<Fingerprint>,
+    /// Whether missing keys make the gateway unready (default [`StartupPolicy::WaitForKeys`]).
+    pub startup: StartupPolicy,
+    /// Bound of the verified-token cache; 0 disables it (default
+    /// [`DEFAULT_TOKEN_CACHE_ENTRIES`]).
+    pub token_cache_entries: usize,
 }
 
 impl OidcConfig {
@@ -81,7 +175,38 @@ impl OidcConfig {
             retry_interval: Duration::from_secs(5),
             unknown_kid_interval: Duration::from_secs(10),
             timeout: FETCH_TIMEOUT,
+            keys: KeySource::Discovery,
+            ca_fingerprint: None,
+            startup: StartupPolicy::WaitForKeys,
+            token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
         }
+    }
+
+    /// Whether a provider built from `self` behaves exactly as one built from `other`: same
+    /// issuer, key source (static keys compared by content), CA bundle (by the fingerprint of
+    /// its file, else by identity), refresh settings, start-up policy and cache bound. A reload
+    /// keeps a running provider (and its warm caches) only then.
+    pub fn same_settings(&self, other: &OidcConfig) -> bool {
+        let same_ca = match (self.ca_fingerprint, other.ca_fingerprint) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => match (&self.ca_roots, &other.ca_roots) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            },
+            _ => false,
+        };
+        same_ca
+            && self.issuer == other.issuer
+            && self.keys == other.keys
+            && self.min_refresh == other.min_refresh
+            && self.max_refresh == other.max_refresh
+            && self.default_refresh == other.default_refresh
+            && self.retry_interval == other.retry_interval
+            && self.unknown_kid_interval == other.unknown_kid_interval
+            && self.timeout == other.timeout
+            && self.startup == other.startup
+            && self.token_cache_entries == other.token_cache_entries
     }
 
     /// The discovery document's URL.
@@ -150,6 +275,64 @@ pub enum Readiness {
     NotReady,
 }
 
+/// One key set in use, with what the verified-token cache needs to tell whether an entry's
+/// signing key is still published.
+#[derive(Debug, Default)]
+pub struct KeyEpoch {
+    /// Changes only when the published keys change (a refresh that returns the same JWKS keeps
+    /// the epoch, so cached tokens stay on the fast path).
+    pub id: u64,
+    /// The keys.
+    pub keys: Arc<KeySet>,
+    /// SHA-256 of the whole JWKS document (also the fingerprint of a set's only key, for tokens
+    /// without `kid`).
+    document: Fingerprint,
+    /// `kid` -> SHA-256 of that JWK's JSON: a key republished under the same `kid` with other
+    /// material is another key.
+    by_kid: std::collections::HashMap<String, Fingerprint>,
+}
+
+impl KeyEpoch {
+    /// Parses a JWKS into an epoch with id `id`.
+    pub fn parse(json: &[u8], id: u64) -> Result<Self, JwksError> {
+        let keys = crate::identity::jwt::parse_jwks(json)?;
+        let mut by_kid = std::collections::HashMap::new();
+        // parse_jwks accepted the document, so it is a JSON object with a `keys` array.
+        if let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(json)
+            && let Some(Value::Array(list)) = doc.get("keys")
+        {
+            for jwk in list {
+                if let Some(kid) = jwk.get("kid").and_then(Value::as_str) {
+                    let bytes = serde_json::to_vec(jwk).unwrap_or_default();
+                    by_kid.insert(kid.to_owned(), fingerprint(&bytes));
+                }
+            }
+        }
+        Ok(KeyEpoch {
+            id,
+            keys: Arc::new(keys),
+            document: fingerprint(json),
+            by_kid,
+        })
+    }
+
+    /// The fingerprint of the key a token with this `kid` is verified with: by `kid`, or for a
+    /// token without one, the set's only key (identified by the whole document, so any change
+    /// of the set retires it).
+    pub fn key_fingerprint(&self, kid: Option<&str>) -> Option<Fingerprint> {
+        match kid {
+            Some(k) if self.keys.get(k).is_some() => self.by_kid.get(k).copied(),
+            Some(_) => None,
+            None => (self.keys.len() == 1).then_some(self.document),
+        }
+    }
+
+    /// SHA-256 of the JWKS document.
+    pub fn document_fingerprint(&self) -> Fingerprint {
+        self.document
+    }
+}
+
 /// One OpenID provider: its key cache and the way to refresh it. Cheap to clone.
 #[derive(Clone)]
 pub struct OidcProvider {
@@ -158,9 +341,12 @@ pub struct OidcProvider {
 
 struct Inner {
     config: OidcConfig,
-    discovery: Uri,
+    /// `None` for static keys: nothing is fetched.
+    discovery: Option<Uri>,
     tls: Option<TlsConnector>,
-    keys: ArcSwap<KeySet>,
+    epoch: ArcSwap<KeyEpoch>,
+    /// Serialises key swaps so epoch ids are assigned in order.
+    swap: std::sync::Mutex<()>,
     ready: AtomicBool,
     /// Bumped on every successful key store, so a waiter can tell another flight has already
     /// refreshed the keys.
@@ -179,16 +365,27 @@ impl std::fmt::Debug for OidcProvider {
         f.debug_struct("OidcProvider")
             .field("issuer", &self.inner.config.issuer)
             .field("readiness", &self.readiness())
-            .field("keys", &self.inner.keys.load().len())
+            .field("keys", &self.inner.epoch.load().keys.len())
             .finish()
     }
 }
 
 impl OidcProvider {
     /// A provider with no keys yet ([`Readiness::NotReady`]). Checks the discovery URL against
-    /// the transport rules; fetches nothing.
+    /// the transport rules; fetches nothing. With [`KeySource::Static`] the JWKS is parsed
+    /// (a refused one is [`OidcError::Jwks`]) and the provider is ready at once.
     pub fn new(config: OidcConfig) -> Result<Self, OidcError> {
-        let discovery = check_url(&config.discovery_url(), config.ca_roots.is_some())?;
+        let (discovery, epoch) = match &config.keys {
+            KeySource::Discovery => (
+                Some(check_url(
+                    &config.discovery_url(),
+                    config.ca_roots.is_some(),
+                )?),
+                None,
+            ),
+            KeySource::Static(jwks) => (None, Some(KeyEpoch::parse(jwks.json(), 1)?)),
+        };
+        let ready = epoch.is_some();
         let tls = config.ca_roots.as_ref().map(|roots| {
             let upstream = crate::config::UpstreamTls {
                 roots: Arc::clone(roots),
@@ -205,9 +402,10 @@ impl OidcProvider {
                 config,
                 discovery,
                 tls,
-                keys: ArcSwap::from_pointee(KeySet::default()),
-                ready: AtomicBool::new(false),
-                generation: AtomicU64::new(0),
+                epoch: ArcSwap::from_pointee(epoch.unwrap_or_default()),
+                swap: std::sync::Mutex::new(()),
+                ready: AtomicBool::new(ready),
+                generation: AtomicU64::new(u64::from(ready)),
                 fetches: AtomicU64::new(0),
                 jwks_uri: std::sync::Mutex::new(None),
                 kid_refetch: tokio::sync::Mutex::new(None),
@@ -229,9 +427,56 @@ impl OidcProvider {
         }
     }
 
+    /// The settings it was built from.
+    pub fn config(&self) -> &OidcConfig {
+        &self.inner.config
+    }
+
+    /// Whether its keys come from the configuration.
+    pub fn is_static(&self) -> bool {
+        self.inner.discovery.is_none()
+    }
+
     /// The current key set (empty before the first load).
     pub fn keys(&self) -> Arc<KeySet> {
-        self.inner.keys.load_full()
+        self.inner.epoch.load().keys.clone()
+    }
+
+    /// The current key epoch (id 0 and no keys before the first load).
+    pub fn epoch(&self) -> Arc<KeyEpoch> {
+        self.inner.epoch.load_full()
+    }
+
+    /// The current key epoch without touching its reference count (the cache's hot path).
+    pub fn epoch_guard(&self) -> arc_swap::Guard<Arc<KeyEpoch>> {
+        self.inner.epoch.load()
+    }
+
+    /// Key-set loads so far: bumped by every successful load, changed keys or not (the
+    /// unknown-`kid` single flight compares it).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Parses `json` as a JWKS and swaps it in (fetched keys, static keys, tests). The epoch id
+    /// changes only when the document differs from the current one. On error the current keys
+    /// stay.
+    pub fn install_jwks(&self, json: &[u8]) -> Result<(), OidcError> {
+        let guard = match self.inner.swap.lock() {
+            Ok(g) => g,
+            // Nothing is left half-done under this lock: it only orders the swaps.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let current = self.inner.epoch.load_full();
+        let document = fingerprint(json);
+        if !(self.readiness() == Readiness::Ready && current.document == document) {
+            let epoch = KeyEpoch::parse(json, current.id + 1)?;
+            self.inner.epoch.store(Arc::new(epoch));
+        }
+        drop(guard);
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.ready.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// JWKS fetch attempts so far, successful or not.
@@ -242,6 +487,10 @@ impl OidcProvider {
     /// Discovery, then the JWKS. On success the keys are swapped in and the provider is ready;
     /// returns the timer interval until the next refresh. On failure the cached keys stay.
     pub async fn refresh(&self) -> Result<Duration, OidcError> {
+        if self.is_static() {
+            // Static keys change with the configuration only.
+            return Ok(self.inner.config.max_refresh);
+        }
         let jwks_uri = self.discover().await?;
         self.load_jwks(&jwks_uri).await
     }
@@ -251,6 +500,9 @@ impl OidcProvider {
     /// Abort the handle to stop it.
     pub fn spawn_refresh(&self) -> JoinHandle<()> {
         let this = self.clone();
+        if self.is_static() {
+            return tokio::spawn(async {});
+        }
         tokio::spawn(async move {
             loop {
                 let wait = match this.refresh().await {
@@ -275,7 +527,7 @@ impl OidcProvider {
         if self.readiness() == Readiness::NotReady {
             return Err(OidcError::NotReady);
         }
-        let generation = self.inner.generation.load(Ordering::Acquire);
+        let generation = self.generation();
         match crate::identity::jwt::validate(token, &self.keys(), policy, SystemTime::now()) {
             Err(JwtError::UnknownKid) => {}
             other => return other.map_err(OidcError::from),
@@ -291,6 +543,10 @@ impl OidcProvider {
     pub async fn refetch_for_unknown_kid(&self, generation: u64) -> bool {
         // Waiting on this lock is the single flight: concurrent misses queue behind the one
         // fetching and then find the keys already refreshed (or the window closed).
+        if self.is_static() {
+            // Nothing to fetch: the configuration is the only source.
+            return false;
+        }
         let mut last = self.inner.kid_refetch.lock().await;
         if self.inner.generation.load(Ordering::Acquire) != generation {
             return false;
@@ -319,7 +575,10 @@ impl OidcProvider {
     }
 
     async fn discover(&self) -> Result<Uri, OidcError> {
-        let (body, _) = self.get(&self.inner.discovery).await?;
+        let Some(discovery) = &self.inner.discovery else {
+            return Err(OidcError::Discovery("the provider has static keys"));
+        };
+        let (body, _) = self.get(discovery).await?;
         let doc: Value =
             serde_json::from_slice(&body).map_err(|_| OidcError::Discovery("not JSON"))?;
         let issuer = doc
@@ -348,10 +607,7 @@ impl OidcProvider {
     async fn load_jwks(&self, uri: &Uri) -> Result<Duration, OidcError> {
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let (body, max_age) = self.get(uri).await?;
-        let set = crate::identity::jwt::parse_jwks(&body)?;
-        self.inner.keys.store(Arc::new(set));
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        self.inner.ready.store(true, Ordering::Release);
+        self.install_jwks(&body)?;
         Ok(self.inner.config.refresh_interval(max_age))
     }
 

@@ -2,7 +2,9 @@
 //! sources), validate it against the route's token provider (keys from OIDC discovery, cached
 //! and refreshed by `identity::oidc`), check the route's claims rules for the method, and
 //! prepare the claims headers for the backend; for a route that requires an API key, check it
-//! and remove it before forwarding. Client certificates come later.
+//! and remove it before forwarding; for a route that requires a client certificate, check the
+//! verified certificate against the route's rules, bind tokens to it (RFC 8705) and forward
+//! the chosen facts.
 //! Every refusal is a `Denial`; the rule that decided is logged, never the token.
 
 use std::sync::Arc;
@@ -18,14 +20,21 @@ use crate::config::{ApiKeysConfig, ProxyConfig, RouteConfig, RouteToken, TokenPr
 use crate::identity::api_keys::{KeyError, presented_key};
 use crate::identity::authz::{self, extract_token};
 use crate::identity::jwt::{Claims, ValidationPolicy};
-use crate::identity::oidc::{OidcError, OidcProvider, Readiness};
+use crate::identity::mtls::CertFacts;
+use crate::identity::oidc::{OidcConfig, OidcError, OidcProvider, Readiness, StartupPolicy};
+use crate::identity::token_cache::{CacheCounters, TokenCache};
+use crate::identity::validator::TokenValidator;
 
-/// A running token provider: the key cache, its refresh task (stopped on drop) and the
-/// validation policy from the config.
+/// A running token provider: the key cache, its refresh task (stopped on drop), the
+/// validation policy from the config and the verified-token cache ([`TokenValidator`]).
 pub struct TokenProvider {
     pub name: String,
     pub client: OidcProvider,
     pub policy: ValidationPolicy,
+    /// Validation through the verified-token cache, under `policy`.
+    pub validator: TokenValidator,
+    /// The settings the provider was built from, to tell on reload whether it can be kept.
+    settings: OidcConfig,
     refresh: JoinHandle<()>,
 }
 
@@ -36,13 +45,47 @@ impl Drop for TokenProvider {
 }
 
 impl TokenProvider {
+    /// Starts a provider (its key refresh runs on the current tokio runtime); the cache counts
+    /// into `counters`, shared with earlier providers of the same name.
+    pub fn start(
+        tp: &TokenProviderConfig,
+        counters: Arc<CacheCounters>,
+    ) -> Result<Self, OidcError> {
+        let client = OidcProvider::new(tp.oidc.clone())?;
+        let refresh = client.spawn_refresh();
+        let cache = TokenCache::named(&tp.name, tp.oidc.token_cache_entries, counters);
+        Ok(TokenProvider {
+            name: tp.name.clone(),
+            validator: TokenValidator::with_cache(client.clone(), tp.policy.clone(), cache),
+            client,
+            policy: tp.policy.clone(),
+            settings: tp.oidc.clone(),
+            refresh,
+        })
+    }
+
+    /// Readiness as the start-up policy decides: with `wait_for_keys` (the default) only once
+    /// keys have loaded; with `serve` always (its tokens are still refused until then).
     pub fn ready(&self) -> bool {
-        self.client.readiness() == Readiness::Ready
+        self.client.readiness() == Readiness::Ready || self.settings.startup == StartupPolicy::Serve
+    }
+
+    /// Validates a token through the cache (see [`TokenValidator::validate`]).
+    pub async fn validate(&self, token: &str) -> Result<Arc<Claims>, OidcError> {
+        self.validator.validate(token).await
+    }
+
+    /// Whether this running provider is what `tp` describes: same name, policy and settings
+    /// (issuer, CA bundle contents, key source and static keys' contents, refresh, start-up
+    /// policy, cache bound).
+    pub fn matches(&self, tp: &TokenProviderConfig) -> bool {
+        self.name == tp.name && self.policy == tp.policy && self.settings.same_settings(&tp.oidc)
     }
 }
 
-/// The providers for `cfg`. A provider whose name and issuer are unchanged from `previous`
-/// is kept, so a reload keeps its warm key cache and never refuses tokens while keys reload.
+/// The providers for `cfg`. A provider whose name, policy and settings are unchanged from
+/// `previous` is kept, so a reload keeps its warm key and token caches and never refuses
+/// tokens while keys reload; any other is built anew (its cache counters carry on by name).
 pub fn providers(
     cfg: &ProxyConfig,
     previous: &[Arc<TokenProvider>],
@@ -50,19 +93,15 @@ pub fn providers(
     cfg.token_providers
         .iter()
         .map(|tp: &TokenProviderConfig| {
-            if let Some(p) = previous.iter().find(|p| {
-                p.name == tp.name && p.client.issuer() == tp.oidc.issuer && p.policy == tp.policy
-            }) {
+            if let Some(p) = previous.iter().find(|p| p.matches(tp)) {
                 return Ok(p.clone());
             }
-            let client = OidcProvider::new(tp.oidc.clone())?;
-            let refresh = client.spawn_refresh();
-            Ok(Arc::new(TokenProvider {
-                name: tp.name.clone(),
-                client,
-                policy: tp.policy.clone(),
-                refresh,
-            }))
+            let counters = previous
+                .iter()
+                .find(|p| p.name == tp.name)
+                .map(|p| p.validator.cache().counters().clone())
+                .unwrap_or_default();
+            Ok(Arc::new(TokenProvider::start(tp, counters)?))
         })
         .collect()
 }
@@ -82,7 +121,7 @@ pub async fn authenticate(
     method: &Method,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Claims, Refusal> {
+) -> Result<Arc<Claims>, Refusal> {
     let refuse = |denial, phase, rule: String| Refusal {
         denial,
         phase,
@@ -124,7 +163,7 @@ pub async fn authenticate(
             "token:provider_missing".into(),
         ));
     };
-    let claims = match provider.client.validate(&token, &provider.policy).await {
+    let claims = match provider.validate(&token).await {
         Ok(c) => c,
         Err(e) => {
             let kind = match &e {
@@ -224,6 +263,74 @@ pub fn strip_api_key(
         path.to_string()
     } else {
         format!("{path}?{}", kept.join("&"))
+    }
+}
+
+/// Checks the client certificate of a route that requires one: the connection must carry a
+/// verified certificate (the listener's verifier checked chain, validity and revocation) and
+/// the route's allow lists must admit it.
+pub fn check_client_cert(
+    requirement: &crate::config::RouteClientCert,
+    cert: Option<&CertFacts>,
+) -> Result<(), Refusal> {
+    let Some(facts) = cert else {
+        return Err(Refusal {
+            denial: Denial::CertificateRequired,
+            phase: "identity",
+            rule: "client_cert:missing".into(),
+        });
+    };
+    if !requirement.rule.allows(facts) {
+        return Err(Refusal {
+            denial: Denial::CertificateRefused,
+            phase: "authorization",
+            rule: "client_cert:not_allowed".into(),
+        });
+    }
+    Ok(())
+}
+
+/// RFC 8705 section 3: a certificate-bound token is accepted only on a connection with the
+/// certificate its `cnf.x5t#S256` names; otherwise 401 `invalid_token`, as section 3 says.
+pub fn check_certificate_binding(claims: &Claims, cert: Option<&CertFacts>) -> Result<(), Refusal> {
+    let bound = claims
+        .get("cnf")
+        .and_then(|c| c.get("x5t#S256"))
+        .and_then(serde_json::Value::as_str);
+    let rule = match (bound, cert) {
+        (Some(x5t), Some(facts)) if crate::identity::mtls::cnf_matches(x5t, facts) => {
+            return Ok(());
+        }
+        (None, _) => "token:cnf_missing",
+        (Some(_), None) => "token:cnf_no_certificate",
+        (Some(_), Some(_)) => "token:cnf_mismatch",
+    };
+    Err(Refusal {
+        denial: Denial::TokenInvalid,
+        phase: "identity",
+        rule: rule.into(),
+    })
+}
+
+/// Certificate facts for the backend: client-sent copies of every certificate header are
+/// removed on every route (a backend must be able to trust them), then the route's chosen
+/// facts are added when the connection has a certificate.
+pub fn forward_client_cert(
+    requirement: Option<&crate::config::RouteClientCert>,
+    cert: Option<&CertFacts>,
+    headers: &mut HeaderMap,
+) {
+    crate::identity::mtls::strip_client_copies(headers);
+    let (Some(requirement), Some(facts)) = (requirement, cert) else {
+        return;
+    };
+    if requirement.forward.is_empty() {
+        return;
+    }
+    for (name, value) in crate::identity::mtls::forwarded_headers(facts) {
+        if requirement.forward.contains(&name.as_str()) {
+            headers.insert(name, value);
+        }
     }
 }
 

@@ -224,12 +224,6 @@ async fn accept_connection(
         }
     }
     let tls = matches!(cfg.kind, ListenerKind::Https(_));
-    let conn = Arc::new(ConnInfo {
-        listener: cfg.name.clone(),
-        peer,
-        proxy_source,
-        tls,
-    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -242,10 +236,18 @@ async fn accept_connection(
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(cfg.idle_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
-    let svc = {
-        let conn = conn.clone();
+    let service_for = move |conn: Arc<ConnInfo>| {
         service_fn(move |req| {
             service::handle(generations.load_full(), conn.clone(), metrics.clone(), req)
+        })
+    };
+    let conn_info = |client_cert| {
+        Arc::new(ConnInfo {
+            listener: cfg.name.clone(),
+            peer,
+            proxy_source,
+            tls,
+            client_cert,
         })
     };
     if tls {
@@ -266,6 +268,21 @@ async fn accept_connection(
                     return;
                 }
             };
+        // The verifier has accepted the chain; its facts are read once for every request on
+        // the connection. A certificate it accepted but we cannot read must not pass as "no
+        // certificate" on an optional listener, so the connection is closed.
+        let client_cert = match tls_stream.get_ref().1.peer_certificates() {
+            Some([leaf, ..]) => match crate::identity::mtls::cert_facts(leaf) {
+                Ok(facts) => Some(Arc::new(facts)),
+                Err(e) => {
+                    debug!(%peer, error = %e, "unreadable client certificate");
+                    refuse("client_cert_unreadable");
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let svc = service_for(conn_info(client_cert));
         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
         // The protocol ALPN chose is the only one served on this connection.
         let builder = if h2 {
@@ -275,6 +292,7 @@ async fn accept_connection(
         };
         serve_http(builder, TokioIo::new(tls_stream), svc, stop).await;
     } else {
+        let svc = service_for(conn_info(None));
         serve_http(builder, TokioIo::new(stream), svc, stop).await;
     }
 }

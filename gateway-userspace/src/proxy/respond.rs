@@ -58,6 +58,10 @@ pub enum Denial {
     KeyInvalid,
     /// The API key is valid but not for this API or product.
     KeyScope,
+    /// The route needs a client certificate and the connection has none.
+    CertificateRequired,
+    /// The client certificate is valid but the route's rules do not admit it.
+    CertificateRefused,
     /// Every endpoint of the pool is unhealthy or ejected.
     NoHealthyUpstream,
     /// Connecting to the backend failed or it answered with something that is not HTTP.
@@ -73,7 +77,11 @@ impl Denial {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Forbidden { .. } | Self::InsufficientClaims | Self::KeyScope => {
+            Self::Forbidden { .. }
+            | Self::InsufficientClaims
+            | Self::KeyScope
+            | Self::CertificateRequired
+            | Self::CertificateRefused => {
                 StatusCode::FORBIDDEN
             }
             Self::KeyMissing | Self::KeyInvalid => StatusCode::UNAUTHORIZED,
@@ -100,6 +108,8 @@ impl Denial {
             Self::KeyMissing => "key_missing",
             Self::KeyInvalid => "key_invalid",
             Self::KeyScope => "key_scope",
+            Self::CertificateRequired => "client_cert_required",
+            Self::CertificateRefused => "client_cert_refused",
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::BadGateway => "bad_gateway",
             Self::GatewayTimeout => "gateway_timeout",
@@ -119,7 +129,9 @@ impl Denial {
             | Self::InsufficientClaims
             | Self::KeyMissing
             | Self::KeyInvalid
-            | Self::KeyScope => Side::Client,
+            | Self::KeyScope
+            | Self::CertificateRequired
+            | Self::CertificateRefused => Side::Client,
             Self::NoHealthyUpstream | Self::BadGateway | Self::GatewayTimeout => Side::Upstream,
         }
     }
@@ -157,6 +169,10 @@ impl Denial {
             Self::KeyMissing => "This route requires an API key.".into(),
             Self::KeyInvalid => "The API key is not valid.".into(),
             Self::KeyScope => "The API key is not valid for this API.".into(),
+            Self::CertificateRequired => "This route requires a client certificate.".into(),
+            Self::CertificateRefused => {
+                "The client certificate is not allowed to use this route.".into()
+            }
             Self::NoHealthyUpstream => "No healthy backend is available.".into(),
             Self::BadGateway => {
                 "The backend could not be reached or gave an invalid response.".into()
@@ -237,6 +253,8 @@ mod tests {
             Denial::KeyMissing,
             Denial::KeyInvalid,
             Denial::KeyScope,
+            Denial::CertificateRequired,
+            Denial::CertificateRefused,
             Denial::NoHealthyUpstream,
             Denial::BadGateway,
             Denial::GatewayTimeout,

@@ -120,6 +120,8 @@ pub struct ConnInfo {
     pub proxy_source: Option<SocketAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The verified client certificate's facts (mTLS), when the client sent one.
+    pub client_cert: Option<Arc<crate::identity::mtls::CertFacts>>,
 }
 
 impl ConnInfo {
@@ -341,7 +343,16 @@ async fn phases(
         });
     }
 
-    // Identity and authorization: API key, then token, for routes that require them.
+    // Identity and authorization: client certificate, API key, then token, for routes that
+    // require them (cheapest first; a route may require any combination).
+    let client_cert = conn.client_cert.as_deref();
+    if let Some(requirement) = &route_cfg.auth.client_cert
+        && let Err(refusal) = super::identity::check_client_cert(requirement, client_cert)
+    {
+        ex.phase = refusal.phase;
+        ex.rule = refusal.rule;
+        return Err(refusal.denial);
+    }
     if route_cfg.auth.api_key {
         match super::identity::check_api_key(
             state.api_keys.as_ref(),
@@ -376,6 +387,14 @@ async fn phases(
             }
         }
     }
+    if let (Some(c), Some(requirement)) = (&claims, &route_cfg.auth.client_cert)
+        && requirement.bound_token
+        && let Err(refusal) = super::identity::check_certificate_binding(c, client_cert)
+    {
+        ex.phase = refusal.phase;
+        ex.rule = refusal.rule;
+        return Err(refusal.denial);
+    }
 
     ex.phase = "upstream";
     let upgrade = is_websocket(&req);
@@ -388,8 +407,13 @@ async fn phases(
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(requirement) = &route_cfg.auth.token {
-        super::identity::forward_identity(requirement, &mut parts.headers, claims.as_ref());
+        super::identity::forward_identity(requirement, &mut parts.headers, claims.as_deref());
     }
+    super::identity::forward_client_cert(
+        route_cfg.auth.client_cert.as_ref(),
+        client_cert,
+        &mut parts.headers,
+    );
     // The key never travels on: its header and query parameter are removed.
     let forwarded_pq = match (&state.api_keys, route_cfg.auth.api_key) {
         (Some(keys), true) => {

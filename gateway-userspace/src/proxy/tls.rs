@@ -90,6 +90,9 @@ pub enum TlsError {
         /// The rustls error.
         source: rustls::Error,
     },
+    /// The client-certificate verifier cannot be built (CA bundle or CRLs rustls refuses).
+    #[error("client certificates: {0}")]
+    ClientVerifier(String),
     /// An ALPN protocol name is empty or longer than 255 bytes (RFC 7301 §3.1 limits).
     #[error("ALPN protocol {protocol:?} must be 1 to 255 bytes long")]
     InvalidAlpn {
@@ -126,7 +129,7 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 ///   Mozilla's nginx template turns tickets off, and rotation is the other fix).
 /// - No 0-RTT data: early data can be replayed (RFC 8446 §8) and an API gateway cannot know
 ///   which requests are safe to replay.
-/// - No client certificates yet: see [`client_verifier`].
+/// - Client certificates per [`TlsConfig::client_certs`]: see [`client_verifier`].
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     for protocol in &tls.alpn {
         if protocol.is_empty() || protocol.len() > 255 {
@@ -148,7 +151,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     };
     let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(versions)?
-        .with_client_cert_verifier(client_verifier(tls))
+        .with_client_cert_verifier(client_verifier(tls)?)
         .with_cert_resolver(Arc::new(resolver));
     config.ignore_client_order = true;
     config.alpn_protocols = tls.alpn.clone();
@@ -157,11 +160,21 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// Who may present a client certificate. Today nobody is asked for one; mTLS (client CA
-/// bundles, CRLs, required or optional per listener) replaces this with a
-/// `rustls::server::WebPkiClientVerifier` built from the listener's settings.
-fn client_verifier(_tls: &TlsConfig) -> Arc<dyn ClientCertVerifier> {
-    Arc::new(NoClientAuth)
+/// Who may present a client certificate: nobody is asked without `client_certs` (or with mode
+/// `none`); otherwise a webpki verifier over the listener's CA bundles and CRLs, built anew for
+/// every config generation so reloaded bundles and CRLs apply to new handshakes.
+fn client_verifier(tls: &TlsConfig) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let Some(c) = &tls.client_certs else {
+        return Ok(Arc::new(NoClientAuth));
+    };
+    let verifier = crate::identity::mtls::client_verifier_with(
+        c.mode,
+        c.roots.clone(),
+        c.crls.clone(),
+        c.revocation,
+    )
+    .map_err(|e| TlsError::ClientVerifier(e.to_string()))?;
+    Ok(verifier.unwrap_or_else(|| Arc::new(NoClientAuth)))
 }
 
 /// The client configuration for TLS to a backend pool.
@@ -374,6 +387,7 @@ mod tests {
 
     fn tls_config(certificates: Vec<Arc<CertifiedKey>>) -> TlsConfig {
         TlsConfig {
+            client_certs: None,
             certificates,
             certificate_files: Vec::new(),
             min_version: TlsVersion::Tls12,
