@@ -303,6 +303,7 @@ pub fn referenced_files(cfg: &Config) -> Vec<PathBuf> {
     }
     for provider in &proxy.token_providers {
         files.extend(provider.jwks_file.iter().cloned());
+        files.extend(provider.ca_file.iter().cloned());
     }
     if let Some(keys) = &proxy.api_keys {
         files.push(keys.file.clone());

@@ -1558,7 +1558,10 @@ fn valid_api_keys_compile() {
 fn client_certificate_mistakes() {
     let f = Fixture::new();
     f.cert("api", &["api.example.com"]);
-    f.file("not-a-crl.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    f.file(
+        "not-a-crl.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
     let config = format!(
         "{}[listeners.client_certs]\nmode = \"sometimes\"\nca = []\ncrls = [\"not-a-crl.pem\"]\n\
          \n[[listeners]]\nname = \"plain\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\n\

@@ -7,8 +7,17 @@
 // instance. `POST /test/rotate` builds a new instance with fresh keys (the previous generation
 // stays published after them, as a real rotation would) and swaps it in, so the port and issuer
 // never change and no connection is refused while rotating.
+//
+// Test-only endpoints (not part of oidc-provider; they hand out private keys, so this file must
+// never serve anything but tests):
+// - `GET /test/keys`: the published keys with their private halves, so a test can mint tokens
+//   (hostile and well-formed) signed exactly as the provider signs: `{"keys":[{"jwk": <private
+//   JWK>, "pkcs8": <hex DER>, "spki_pem": <PEM>, "spki_der": <hex DER>, "pkcs1_pem": <PEM,
+//   RSA only>}]}`.
+// - `GET /test/jwks-count`: `{"count": n}`, how many JWKS requests were served, so a test can
+//   bound the fetches a flood of unknown `kid`s causes.
 
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 
 import Provider from 'oidc-provider';
@@ -80,20 +89,54 @@ function buildProvider(issuer, keys) {
   return provider;
 }
 
+/** A JSON answer with a Content-Length (not chunked): the tests' HTTP client is minimal. */
+function json(res, value) {
+  const body = JSON.stringify(value);
+  res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+/** A private JWK in the forms a test needs to sign with it or to misuse its public half. */
+function keyMaterial(jwk) {
+  const { kid, alg, use, ...material } = jwk;
+  const privateKey = createPrivateKey({ key: material, format: 'jwk' });
+  const publicKey = createPublicKey(privateKey);
+  const out = {
+    jwk,
+    pkcs8: privateKey.export({ type: 'pkcs8', format: 'der' }).toString('hex'),
+    spki_pem: publicKey.export({ type: 'spki', format: 'pem' }),
+    spki_der: publicKey.export({ type: 'spki', format: 'der' }).toString('hex'),
+  };
+  if (material.kty === 'RSA') {
+    out.pkcs1_pem = publicKey.export({ type: 'pkcs1', format: 'pem' });
+  }
+  return out;
+}
+
 const port = Number(process.argv[2] ?? process.env.PORT ?? 0);
 let keys = generateKeys();
 let handler = null;
+let jwksRequests = 0;
 
 const server = http.createServer((req, res) => {
+  const path = (req.url ?? '').split('?')[0];
+  if (req.method === 'GET' && path === '/test/keys') {
+    json(res, { keys: keys.map(keyMaterial) });
+    return;
+  }
+  if (req.method === 'GET' && path === '/test/jwks-count') {
+    json(res, { count: jwksRequests });
+    return;
+  }
+  if (path === '/jwks') {
+    jwksRequests += 1;
+  }
   if (req.method === 'POST' && req.url === '/test/rotate') {
     // New keys first: oidc-provider signs with the first key that fits the algorithm.
     const fresh = generateKeys();
     keys = [...fresh, ...keys.slice(0, 2)];
     handler = buildProvider(issuer, keys).callback();
-    const body = JSON.stringify({ kids: fresh.map((k) => k.kid) });
-    // A Content-Length (not chunked) keeps the tests' minimal HTTP client simple.
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-    res.end(body);
+    json(res, { kids: fresh.map((k) => k.kid) });
     return;
   }
   handler(req, res);

@@ -155,6 +155,41 @@ impl OidcProvider {
             .collect()
     }
 
+    /// The published keys with their private halves (`GET /test/keys`), newest generation first
+    /// (the first RSA and the first EC key are the ones the provider signs with).
+    pub fn keys(&self) -> Vec<ProviderKey> {
+        let body = self.request("GET", "/test/keys", "");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("keys answer JSON");
+        json["keys"]
+            .as_array()
+            .expect("keys array")
+            .iter()
+            .map(|k| {
+                let text = |name: &str| k[name].as_str().map(str::to_owned);
+                ProviderKey {
+                    jwk: k["jwk"].clone(),
+                    pkcs8: hex(&text("pkcs8").expect("pkcs8")),
+                    spki_pem: text("spki_pem").expect("spki_pem"),
+                    spki_der: hex(&text("spki_der").expect("spki_der")),
+                    pkcs1_pem: text("pkcs1_pem"),
+                }
+            })
+            .collect()
+    }
+
+    /// The JWKS document exactly as the provider serves it (`GET /jwks`). Counts as a fetch in
+    /// [`OidcProvider::jwks_count`].
+    pub fn jwks(&self) -> Vec<u8> {
+        self.request("GET", "/jwks", "")
+    }
+
+    /// How many JWKS requests the provider has served so far (`GET /test/jwks-count`).
+    pub fn jwks_count(&self) -> u64 {
+        let body = self.request("GET", "/test/jwks-count", "");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("count answer JSON");
+        json["count"].as_u64().expect("count number")
+    }
+
     /// Kills the provider now (the guard's drop does the same).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -166,13 +201,18 @@ impl OidcProvider {
 
     /// A form POST over HTTP/1.1 with `Connection: close`; returns the body of a 200 answer.
     fn post(&self, path: &str, form: &str) -> Vec<u8> {
+        self.request("POST", path, form)
+    }
+
+    /// One HTTP/1.1 exchange with `Connection: close`; returns the body of a 200 answer.
+    fn request(&self, method: &str, path: &str, form: &str) -> Vec<u8> {
         let mut stream =
             TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the provider");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set timeout");
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
             self.port,
             form.len()
         );
@@ -197,6 +237,52 @@ impl OidcProvider {
         );
         answer[split + 4..].to_vec()
     }
+}
+
+/// One of the provider's signing keys, private half included (`GET /test/keys`). No `Debug`:
+/// a failing assertion must not print private keys.
+#[derive(Clone)]
+pub struct ProviderKey {
+    /// The private JWK (`kid`, `alg`, `use` as published).
+    pub jwk: serde_json::Value,
+    /// The private key as PKCS#8 DER (what `ring` loads).
+    pub pkcs8: Vec<u8>,
+    /// The public key as SubjectPublicKeyInfo PEM.
+    pub spki_pem: String,
+    /// The public key as SubjectPublicKeyInfo DER.
+    pub spki_der: Vec<u8>,
+    /// The RSA public key as PKCS#1 PEM (RSA keys only).
+    pub pkcs1_pem: Option<String>,
+}
+
+impl ProviderKey {
+    /// The `kid`.
+    pub fn kid(&self) -> &str {
+        self.jwk["kid"].as_str().expect("kid")
+    }
+
+    /// `RSA` or `EC`.
+    pub fn kty(&self) -> &str {
+        self.jwk["kty"].as_str().expect("kty")
+    }
+
+    /// The public JWK as published (private members removed).
+    pub fn public_jwk(&self) -> serde_json::Value {
+        let mut jwk = self.jwk.clone();
+        if let Some(map) = jwk.as_object_mut() {
+            for private in ["d", "p", "q", "dp", "dq", "qi"] {
+                map.remove(private);
+            }
+        }
+        jwk
+    }
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digits"))
+        .collect()
 }
 
 impl Drop for OidcProvider {

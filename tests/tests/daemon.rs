@@ -231,3 +231,156 @@ async fn admin_endpoint_reloads_access_log_and_drain() {
         "the in-flight request finished during the drain"
     );
 }
+
+/// `sha256:<hex>` of a key, the form the key file stores.
+fn key_hash(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn write_keys(path: &Path, keys: &[(&str, &str)]) {
+    let mut text = String::new();
+    for (id, key) in keys {
+        text.push_str(&format!(
+            "[[keys]]\nid = \"{id}\"\nowner = \"tests\"\nprimary = \"{}\"\nscope = \"all\"\n\n",
+            key_hash(key)
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The status of a GET carrying an API key in the default header.
+fn with_key(port: u16, key: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /v1/x HTTP/1.1\r\nhost: test\r\nocp-apim-subscription-key: {key}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// The API key file is watched like the config file: rewriting it applies the new keys without
+/// SIGHUP, a broken rewrite is refused (logged) with the old keys serving, and the next good
+/// rewrite applies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_file_change_reloads() {
+    let backend = Backend::start("app", Proto::Http1).await;
+    let (listen, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    let keys = dir.path().join("keys.toml");
+    // Random keys: the log must never show them, which a fixed string could pass by luck.
+    let random = |tag: &str| {
+        let mut b = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap();
+        format!(
+            "{tag}{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        )
+    };
+    let (old_key, new_key) = (random("old"), random("new"));
+    write_keys(&keys, &[("client", &old_key)]);
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[kernel]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:{listen}"
+protocol = "http"
+http_mode = "serve"
+
+[[pools]]
+name = "app"
+endpoints = ["{backend}"]
+
+[api_keys]
+file = "keys.toml"
+
+[[routes]]
+name = "app"
+path = "/v1"
+pool = "app"
+api_key = true
+
+[log]
+format = "json"
+"#,
+            backend = backend.addr
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&cfg);
+    tokio::task::spawn_blocking(move || wait_for("readiness", || ready(admin)))
+        .await
+        .unwrap();
+    let (old, new) = (old_key.clone(), new_key.clone());
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(with_key(listen, &old), 200);
+        assert_eq!(with_key(listen, &new), 401);
+
+        // Same id, another key: the file keeps its length, only its content changes.
+        write_keys(&keys, &[("client", &new)]);
+        wait_for("the new key after the key file changed", || {
+            with_key(listen, &new) == 200
+        });
+        assert_eq!(with_key(listen, &old), 401, "the removed key is refused");
+
+        // A broken key file: refused, the keys in force keep working.
+        std::fs::write(
+            &keys,
+            "[[keys]]\nid = \"client\"\nprimary = \"not a hash\"\n",
+        )
+        .unwrap();
+        wait_for("the broken key file's reload to be refused", || {
+            http(admin, "GET", "/metrics")
+                .1
+                .contains("portcullis_reloads_total{result=\"error\"} 1")
+        });
+        assert_eq!(with_key(listen, &new), 200);
+        assert_eq!(with_key(listen, &old), 401);
+
+        // Fixed again: applied, although the config file never changed.
+        write_keys(&keys, &[("client", &old), ("second", &new)]);
+        wait_for("the repaired key file", || with_key(listen, &old) == 200);
+        assert_eq!(with_key(listen, &new), 200);
+    })
+    .await
+    .unwrap();
+
+    let log = daemon.log().join("\n");
+    let refused = daemon
+        .log()
+        .into_iter()
+        .find(|l| l.contains("reload refused"))
+        .expect("the refused reload is logged");
+    assert!(refused.contains("keys.toml"), "{refused}");
+    assert!(refused.contains("file change"), "{refused}");
+    assert!(
+        log.contains("watched file changed"),
+        "the trigger is logged"
+    );
+    assert!(
+        !log.contains(&old_key) && !log.contains(&new_key),
+        "no key in the log"
+    );
+    let (_, metrics) = http(admin, "GET", "/metrics");
+    assert!(
+        metrics.contains("portcullis_reloads_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+}

@@ -116,6 +116,7 @@ fn config(issuer: &str, audience: &str, backend: &Backend) -> ProxyConfig {
                 ..ValidationPolicy::new(issuer, vec![audience.to_string()])
             },
             jwks_file: None,
+            ca_file: None,
         }],
         api_keys: None,
         drain_timeout: Duration::from_secs(1),

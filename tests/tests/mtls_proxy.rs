@@ -66,7 +66,7 @@ impl Setup {
     /// The config: `required` and `optional` listeners, routes `/open` (no certificate
     /// needed), `/partners` (SPIFFE IDs of partners.test, facts forwarded), `/pinned` (one
     /// thumbprint), and `/combo` (key, token and certificate) when `issuer` is given.
-    fn config(&self, pinned: &Leaf, crl: bool, issuer: Option<&str>) -> Config {
+    fn config(&self, pinned: &Leaf, crl: bool, issuer: Option<&str>, extra: &str) -> Config {
         if crl {
             std::fs::write(
                 self.dir.path().join("clients.crl"),
@@ -151,6 +151,7 @@ subjects = ["O=Portcullis tests (clients),CN=partner-a"]
 "#
             ));
         }
+        text.push_str(extra);
         let path = self.dir.path().join("portcullis.toml");
         std::fs::write(&path, text).expect("write config");
         load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}"))
@@ -267,11 +268,17 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_and_optional_listeners_with_route_rules() {
     let s = Setup::new().await;
-    let partner = s.clients.client_uri("partner-a", "spiffe://partners.test/orders");
-    let stranger = s.clients.client_uri("stranger", "spiffe://elsewhere.test/x");
-    let revoked = s.clients.client_uri("revoked", "spiffe://partners.test/old");
+    let partner = s
+        .clients
+        .client_uri("partner-a", "spiffe://partners.test/orders");
+    let stranger = s
+        .clients
+        .client_uri("stranger", "spiffe://elsewhere.test/x");
+    let revoked = s
+        .clients
+        .client_uri("revoked", "spiffe://partners.test/old");
     let foreign = TestPki::new("foreign").client_uri("partner-a", "spiffe://partners.test/orders");
-    let cfg = s.config(&partner, false, None);
+    let cfg = s.config(&partner, false, None, "");
     let (_proxy, required, optional) = start(&cfg).await;
     let roots = s.roots();
 
@@ -341,13 +348,20 @@ async fn required_and_optional_listeners_with_route_rules() {
     .await
     .expect("no certificate on an optional listener");
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.seen.get("x-client-cert-subject").is_none(), "{:?}", r.seen);
+    assert!(
+        r.seen.get("x-client-cert-subject").is_none(),
+        "{:?}",
+        r.seen
+    );
     let r = get(optional, roots.clone(), None, "/partners", &[])
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = get(optional, roots.clone(), Some(&foreign), "/open", &[]).await;
-    assert!(r.is_err(), "a bad certificate on an optional listener: {r:?}");
+    assert!(
+        r.is_err(),
+        "a bad certificate on an optional listener: {r:?}"
+    );
     let r = get(optional, roots.clone(), Some(&partner), "/partners", &[])
         .await
         .unwrap();
@@ -357,8 +371,10 @@ async fn required_and_optional_listeners_with_route_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_certificates_are_refused_and_crls_and_cas_reload() {
     let s = Setup::new().await;
-    let partner = s.clients.client_uri("partner-a", "spiffe://partners.test/orders");
-    let cfg = s.config(&partner, true, None);
+    let partner = s
+        .clients
+        .client_uri("partner-a", "spiffe://partners.test/orders");
+    let cfg = s.config(&partner, true, None, "");
     let (mut proxy, required, _) = start(&cfg).await;
     let roots = s.roots();
     let r = get(required, roots.clone(), Some(&partner), "/partners", &[])
@@ -395,7 +411,9 @@ async fn revoked_certificates_are_refused_and_crls_and_cas_reload() {
         .await
         .expect("the new CA's certificate");
     assert_eq!(r.status, StatusCode::OK);
-    let fresh = s.clients.client_uri("partner-b", "spiffe://partners.test/b");
+    let fresh = s
+        .clients
+        .client_uri("partner-b", "spiffe://partners.test/b");
     let r = get(required, roots.clone(), Some(&fresh), "/partners", &[]).await;
     assert!(r.is_err(), "the replaced CA's certificate: {r:?}");
 }
@@ -410,13 +428,20 @@ async fn key_token_and_certificate_together() {
         .unwrap();
     let issuer = provider.issuer().to_string();
     let s = Setup::new().await;
-    let partner = s.clients.client_uri("partner-a", "spiffe://partners.test/orders");
-    let other = s.clients.client_uri("partner-z", "spiffe://partners.test/z");
-    let cfg = s.config(&partner, false, Some(&issuer));
+    let partner = s
+        .clients
+        .client_uri("partner-a", "spiffe://partners.test/orders");
+    let other = s
+        .clients
+        .client_uri("partner-z", "spiffe://partners.test/z");
+    let cfg = s.config(&partner, false, Some(&issuer), "");
     let (proxy, _, optional) = start(&cfg).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !proxy.ready() {
-        assert!(Instant::now() < deadline, "the provider's keys never loaded");
+        assert!(
+            Instant::now() < deadline,
+            "the provider's keys never loaded"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (provider, token) = tokio::task::spawn_blocking(move || {
@@ -430,9 +455,15 @@ async fn key_token_and_certificate_together() {
     let key = ("ocp-apim-subscription-key", API_KEY);
     let auth = ("authorization", bearer.as_str());
 
-    let r = get(optional, roots.clone(), Some(&partner), "/combo", &[key, auth])
-        .await
-        .unwrap();
+    let r = get(
+        optional,
+        roots.clone(),
+        Some(&partner),
+        "/combo",
+        &[key, auth],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, StatusCode::OK, "all three present");
     // Each one missing is refused; the certificate is checked first.
     let status = |r: Result<Reply, String>| r.expect("connects").status;
@@ -441,7 +472,16 @@ async fn key_token_and_certificate_together() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        status(get(optional, roots.clone(), Some(&other), "/combo", &[key, auth]).await),
+        status(
+            get(
+                optional,
+                roots.clone(),
+                Some(&other),
+                "/combo",
+                &[key, auth]
+            )
+            .await
+        ),
         StatusCode::FORBIDDEN
     );
     assert_eq!(
@@ -453,4 +493,124 @@ async fn key_token_and_certificate_together() {
         StatusCode::UNAUTHORIZED
     );
     drop(provider);
+}
+
+/// A P-256 signing key published as a static JWKS, and ES256 access tokens signed with it.
+struct Signer {
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+impl Signer {
+    fn new() -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Signer { key, rng }
+    }
+
+    fn jwks(&self) -> String {
+        use ring::signature::KeyPair as _;
+        let point = self.key.public_key().as_ref();
+        serde_json::json!({ "keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": b64url(&point[1..33]), "y": b64url(&point[33..65]),
+        }]})
+        .to_string()
+    }
+
+    /// A token for the test audience; `cnf` is added as given.
+    fn token(&self, cnf: Option<serde_json::Value>) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut claims = serde_json::json!({
+            "iss": "https://idp.test", "aud": RESOURCE, "sub": "partner-a",
+            "iat": now, "exp": now + 300,
+        });
+        if let Some(cnf) = cnf {
+            claims["cnf"] = cnf;
+        }
+        let header = serde_json::json!({ "alg": "ES256", "typ": "at+jwt", "kid": "k1" });
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let sig = self.key.sign(&self.rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64url(sig.as_ref()))
+    }
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// RFC 8705: a certificate-bound token is accepted only with the certificate it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_tokens() {
+    let s = Setup::new().await;
+    let partner = s
+        .clients
+        .client_uri("partner-a", "spiffe://partners.test/orders");
+    let other = s
+        .clients
+        .client_uri("partner-z", "spiffe://partners.test/z");
+    let signer = Signer::new();
+    write(s.dir.path(), "jwks.json", &signer.jwks());
+    let extra = format!(
+        r#"
+[[token_providers]]
+name = "static"
+issuer = "https://idp.test"
+audiences = ["{RESOURCE}"]
+jwks_file = "jwks.json"
+
+[[routes]]
+name = "bound"
+path = "/bound"
+pool = "orders"
+[routes.token]
+provider = "static"
+[routes.client_cert]
+bound_token = true
+"#
+    );
+    let cfg = s.config(&partner, false, None, &extra);
+    let (_proxy, _, optional) = start(&cfg).await;
+    let roots = s.roots();
+    let call = async |leaf: Option<&Leaf>, token: String| {
+        let header = format!("Bearer {token}");
+        get(
+            optional,
+            roots.clone(),
+            leaf,
+            "/bound",
+            &[("authorization", &header)],
+        )
+        .await
+        .expect("connects")
+        .status
+    };
+    let x5t = |leaf: &Leaf| b64url(&sha256(leaf.chain()[0].as_ref()));
+    let bound = signer.token(Some(serde_json::json!({ "x5t#S256": x5t(&partner) })));
+    assert_eq!(call(Some(&partner), bound.clone()).await, StatusCode::OK);
+    // The same token with another (valid, admitted) certificate, or with none: 401.
+    assert_eq!(
+        call(Some(&other), bound.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(call(None, bound).await, StatusCode::FORBIDDEN);
+    // A token that is not bound, or bound with a padded thumbprint: 401.
+    assert_eq!(
+        call(Some(&partner), signer.token(None)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let padded = format!("{}=", x5t(&partner));
+    let padded = signer.token(Some(serde_json::json!({ "x5t#S256": padded })));
+    assert_eq!(call(Some(&partner), padded).await, StatusCode::UNAUTHORIZED);
 }

@@ -39,6 +39,8 @@ pub struct TokenProviderConfig {
     /// The static JWKS file (`jwks_file`, resolved against the config's directory) whose
     /// contents are in `oidc.keys`: a change of this file is a reason to reload.
     pub jwks_file: Option<PathBuf>,
+    /// The `ca` bundle of a discovered provider: a change of this file is a reason to reload.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// API keys: the hashed key file and where clients present keys.

@@ -16,12 +16,12 @@ use std::borrow::Cow;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::Value;
 
+use super::client_certs::RevocationDepth;
 use super::model::{AttachMode, LogFormat, LogLevel};
 use super::proxy_model::{Balance, ClientIpHeader, TlsVersion, UpstreamProtocol};
 use super::proxy_raw::{ClaimOp, HttpMode, ListenerProtocol, PathMatchKind};
-use super::client_certs::RevocationDepth;
-use crate::identity::mtls::ClientAuth;
 use super::reader::Keyword;
+use crate::identity::mtls::ClientAuth;
 use crate::rules::{Mode, UnknownCountry};
 
 /// The JSON Schema (draft 2020-12) of the Portcullis config file, as TOML converted to JSON.

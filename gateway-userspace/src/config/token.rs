@@ -80,11 +80,11 @@ fn provider(p: &RawTokenProvider, d: &mut Diagnostics) -> TokenProviderConfig {
         // The bundle's bytes identify it across reloads (a changed bundle rebuilds the
         // provider); read after a successful load, so a failure here is not expected.
         let fp = std::fs::read(&path).ok().map(|b| fingerprint(&b));
-        Some((Arc::new(roots), fp))
+        Some((Arc::new(roots), fp, path))
     });
-    let (ca_roots, ca_fingerprint) = match ca_roots {
-        Some((roots, fp)) => (Some(roots), fp),
-        None => (None, None),
+    let (ca_roots, ca_fingerprint, ca_file) = match ca_roots {
+        Some((roots, fp, path)) => (Some(roots), fp, Some(path)),
+        None => (None, None, None),
     };
     let issuer = p.issuer.as_ref().map_or_else(String::new, |i| {
         if is_static {
@@ -195,6 +195,7 @@ fn provider(p: &RawTokenProvider, d: &mut Diagnostics) -> TokenProviderConfig {
             ..defaults
         },
         jwks_file,
+        ca_file,
     }
 }
 

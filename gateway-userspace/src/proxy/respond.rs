@@ -81,9 +81,7 @@ impl Denial {
             | Self::InsufficientClaims
             | Self::KeyScope
             | Self::CertificateRequired
-            | Self::CertificateRefused => {
-                StatusCode::FORBIDDEN
-            }
+            | Self::CertificateRefused => StatusCode::FORBIDDEN,
             Self::KeyMissing | Self::KeyInvalid => StatusCode::UNAUTHORIZED,
             Self::TokenMissing | Self::TokenInvalid => StatusCode::UNAUTHORIZED,
             Self::TokenRequestInvalid => StatusCode::BAD_REQUEST,
