@@ -22,7 +22,7 @@
 //!   takes valid tokens from the identity provider: garbage or forged tokens cannot evict
 //!   anything, and each valid token inserted evicts at most one entry, whose owner pays one
 //!   full verification on its next request.
-//! - **Concurrency.** 16 shards (fewer for tiny caches), each behind a `RwLock`: a hit takes a
+//! - **Concurrency.** Up to 16 shards (one per 256 entries, so small caches have one), each behind a `RwLock`: a hit takes a
 //!   read lock only (the reference bit and the checked epoch are atomics), so hits on any
 //!   shard proceed in parallel; inserts and removals take one shard's write lock.
 //! - **Counters.** Hits and misses are atomics ([`CacheCounters`]), shared across reloads by
@@ -42,6 +42,8 @@ pub type TokenKey = [u8; 32];
 
 /// Most shards per cache.
 const MAX_SHARDS: usize = 16;
+/// Fewest entries per shard when there are several.
+const MIN_SHARD_ENTRIES: usize = 256;
 
 /// Hit and miss counts of a provider's cache (shared across reloads by provider name so the
 /// exported counters only grow).
@@ -237,7 +239,15 @@ impl TokenCache {
     }
 
     fn build(name: String, capacity: usize, counters: Arc<CacheCounters>) -> Self {
-        let n = capacity.min(MAX_SHARDS);
+        // Shards only pay off with room in each: a tiny shard would evict an entry whenever two
+        // live tokens hash to it while the cache as a whole has space. So at least
+        // MIN_SHARD_ENTRIES per shard (one shard for small caches), at most MAX_SHARDS.
+        // No shards at all when the cache is disabled (capacity 0).
+        let n = if capacity == 0 {
+            0
+        } else {
+            (capacity / MIN_SHARD_ENTRIES).clamp(1, MAX_SHARDS)
+        };
         // Shares that add up to exactly `capacity`.
         let shards = (0..n)
             .map(|i| {
