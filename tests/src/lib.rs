@@ -9,6 +9,7 @@ pub mod oidc;
 pub mod packets;
 pub mod pins;
 pub mod pki;
+pub mod proxy_config;
 
 /// Whether this process may load XDP programs and create namespaces.
 pub fn privileged() -> bool {

@@ -336,3 +336,15 @@ mod tests {
         }
     }
 }
+
+/// SHA-256 of `data`, computed independently of the code under test (rustls's ring provider).
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let hash = suite.tls13().expect("tls13 suite").common.hash_provider;
+    hash.hash(data).as_ref().to_vec()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -22,21 +22,15 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use portcullis::config::{
-    Endpoint, ListenerConfig, ListenerKind, PassiveEjection, PathMatch, PlainMode, PoolConfig,
-    ProxyConfig, RouteAuth, RouteConfig, RouteTimeouts, RouteToken, TokenProviderConfig,
-};
+use portcullis::config::{ProxyConfig, RouteAuth, RouteToken};
 use portcullis::identity::authz::{ClaimRequirement, MethodRule, RoutePolicy, TokenSource};
-use portcullis::identity::jwt::ValidationPolicy;
 use portcullis::identity::oidc::OidcConfig;
 use portcullis::metrics::Metrics;
 use portcullis::proxy::Proxy;
-use portcullis::proxy::backstop::Backstop;
-use portcullis::rules::RuleSet;
-use portcullis::rules::table::compile;
 use portcullis_tests::backend::{Backend, Proto};
 use portcullis_tests::oidc::{self, OidcProvider, ProviderKey, RESOURCE, RS256_CLIENT};
 use portcullis_tests::portcullis_bin;
+use portcullis_tests::proxy_config::{discovered_provider, no_rules, orders_route};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
 use serde_json::{Value, json};
@@ -245,71 +239,19 @@ fn route_token() -> RouteToken {
 }
 
 fn proxy_config(issuer: &str, backend: &Backend) -> ProxyConfig {
+    let auth = RouteAuth {
+        token: Some(route_token()),
+        ..Default::default()
+    };
+    let oidc = OidcConfig {
+        unknown_kid_interval: KID_INTERVAL,
+        // Every refusal below must come from validation, not from a cached verdict.
+        token_cache_entries: 0,
+        ..OidcConfig::new(issuer)
+    };
     ProxyConfig {
-        listeners: vec![ListenerConfig {
-            name: "web".into(),
-            bind: "127.0.0.1:0".parse().unwrap(),
-            kind: ListenerKind::Http(PlainMode::Serve),
-            proxy_protocol: false,
-            max_connections: 1000,
-            handshake_timeout: Duration::from_secs(2),
-            header_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(10),
-        }],
-        trusted: Default::default(),
-        routes: vec![RouteConfig {
-            name: "orders".into(),
-            product: None,
-            hosts: vec![],
-            path: PathMatch::Prefix("/orders".into()),
-            methods: vec![],
-            pool: 0,
-            timeouts: RouteTimeouts {
-                connect: Duration::from_secs(1),
-                response_headers: Duration::from_secs(5),
-                total: Duration::from_secs(5),
-            },
-            retries: 0,
-            max_body_bytes: 1 << 16,
-            websocket: false,
-            auth: RouteAuth {
-                token: Some(route_token()),
-                ..Default::default()
-            },
-        }],
-        pools: vec![PoolConfig {
-            name: "orders".into(),
-            endpoints: vec![Endpoint {
-                authority: backend.addr.to_string(),
-                addr: backend.addr,
-            }],
-            balance: Default::default(),
-            protocol: Default::default(),
-            tls: None,
-            health: None,
-            passive: PassiveEjection {
-                consecutive_failures: 0,
-                ejection_time: Duration::from_secs(1),
-            },
-            idle_timeout: Duration::from_secs(10),
-        }],
-        token_providers: vec![TokenProviderConfig {
-            name: "idp".into(),
-            oidc: OidcConfig {
-                unknown_kid_interval: KID_INTERVAL,
-                // Every refusal below must come from validation, not from a cached verdict.
-                token_cache_entries: 0,
-                ..OidcConfig::new(issuer)
-            },
-            policy: ValidationPolicy {
-                require_typ: Some("at+jwt".into()),
-                ..ValidationPolicy::new(issuer, vec![RESOURCE.to_string()])
-            },
-            jwks_file: None,
-            ca_file: None,
-        }],
-        api_keys: None,
-        drain_timeout: Duration::from_secs(1),
+        token_providers: vec![discovered_provider(issuer, RESOURCE, oidc)],
+        ..orders_route(backend, auth)
     }
 }
 
@@ -329,7 +271,7 @@ impl Rig {
             .unwrap();
         let issuer = provider.issuer().to_string();
         let backend = Backend::start("orders", Proto::Http1).await;
-        let backstop = Backstop::new(Arc::new(compile(&RuleSet::default()).unwrap()), None);
+        let backstop = no_rules();
         let proxy = Proxy::start(
             &proxy_config(&issuer, &backend),
             backstop,

@@ -4,7 +4,6 @@
 //! `WWW-Authenticate`; the seeds' role rules per method give 403 for a client without
 //! API.Write on POST; client-sent copies of claim headers never reach the backend.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,22 +11,16 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use portcullis::config::{
-    Endpoint, ListenerConfig, ListenerKind, PassiveEjection, PathMatch, PlainMode, PoolConfig,
-    ProxyConfig, RouteAuth, RouteConfig, RouteTimeouts, RouteToken, TokenProviderConfig,
-};
+use portcullis::config::{ListenerConfig, ProxyConfig, RouteAuth, RouteToken};
 use portcullis::identity::authz::{
     ClaimHeader, ClaimRequirement, MethodRule, RoutePolicy, TokenSource,
 };
-use portcullis::identity::jwt::ValidationPolicy;
 use portcullis::identity::oidc::OidcConfig;
 use portcullis::metrics::Metrics;
 use portcullis::proxy::Proxy;
-use portcullis::proxy::backstop::Backstop;
-use portcullis::rules::RuleSet;
-use portcullis::rules::table::compile;
 use portcullis_tests::backend::{Backend, Proto};
 use portcullis_tests::oidc::{self, ES256_CLIENT, OidcProvider, RESOURCE, RS256_CLIENT};
+use portcullis_tests::proxy_config::{discovered_provider, no_rules, orders_route};
 
 /// The seeds' example: any of API.Read or API.Write for every method, API.Write for POST, PUT
 /// and DELETE; X-User-Id from `oid`, else `sub` (client credentials tokens carry `sub`).
@@ -59,67 +52,23 @@ fn orders_token() -> RouteToken {
 }
 
 fn config(issuer: &str, audience: &str, backend: &Backend) -> ProxyConfig {
+    let auth = RouteAuth {
+        token: Some(orders_token()),
+        ..Default::default()
+    };
     ProxyConfig {
         listeners: vec![ListenerConfig {
-            name: "web".into(),
-            bind: "127.0.0.1:0".parse().unwrap(),
-            kind: ListenerKind::Http(PlainMode::Serve),
-            proxy_protocol: false,
             max_connections: 100,
-            handshake_timeout: Duration::from_secs(2),
-            header_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(10),
+            ..orders_route(backend, RouteAuth::default())
+                .listeners
+                .remove(0)
         }],
-        trusted: Default::default(),
-        routes: vec![RouteConfig {
-            name: "orders".into(),
-            product: None,
-            hosts: vec![],
-            path: PathMatch::Prefix("/orders".into()),
-            methods: vec![],
-            pool: 0,
-            timeouts: RouteTimeouts {
-                connect: Duration::from_secs(1),
-                response_headers: Duration::from_secs(5),
-                total: Duration::from_secs(5),
-            },
-            retries: 0,
-            max_body_bytes: 1 << 16,
-            websocket: false,
-            auth: RouteAuth {
-                token: Some(orders_token()),
-                api_key: false,
-                client_cert: None,
-            },
-        }],
-        pools: vec![PoolConfig {
-            name: "orders".into(),
-            endpoints: vec![Endpoint {
-                authority: backend.addr.to_string(),
-                addr: backend.addr,
-            }],
-            balance: Default::default(),
-            protocol: Default::default(),
-            tls: None,
-            health: None,
-            passive: PassiveEjection {
-                consecutive_failures: 0,
-                ejection_time: Duration::from_secs(1),
-            },
-            idle_timeout: Duration::from_secs(10),
-        }],
-        token_providers: vec![TokenProviderConfig {
-            name: "idp".into(),
-            oidc: OidcConfig::new(issuer),
-            policy: ValidationPolicy {
-                require_typ: Some("at+jwt".into()),
-                ..ValidationPolicy::new(issuer, vec![audience.to_string()])
-            },
-            jwks_file: None,
-            ca_file: None,
-        }],
-        api_keys: None,
-        drain_timeout: Duration::from_secs(1),
+        token_providers: vec![discovered_provider(
+            issuer,
+            audience,
+            OidcConfig::new(issuer),
+        )],
+        ..orders_route(backend, auth)
     }
 }
 
@@ -163,7 +112,7 @@ async fn call(
 }
 
 async fn start(issuer: &str, audience: &str, backend: &Backend) -> (Proxy, std::net::SocketAddr) {
-    let backstop = Backstop::new(Arc::new(compile(&RuleSet::default()).unwrap()), None);
+    let backstop = no_rules();
     let proxy = Proxy::start(
         &config(issuer, audience, backend),
         backstop,

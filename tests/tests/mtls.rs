@@ -20,7 +20,7 @@ use portcullis::identity::mtls::{
     client_verifier_with, cnf_matches, forwarded_headers,
 };
 use portcullis::proxy::tls::crypto_provider;
-use portcullis_tests::pki::{Leaf, TestPki};
+use portcullis_tests::pki::{Leaf, TestPki, hex, sha256};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
@@ -120,17 +120,6 @@ async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Outc
 
 fn identity(leaf: &Leaf) -> Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     Some((leaf.chain(), leaf.private_key()))
-}
-
-fn sha256(data: &[u8]) -> Vec<u8> {
-    // Independent of the code under test: the hash of rustls's ring provider.
-    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
-    let hash = suite.tls13().expect("tls13 suite").common.hash_provider;
-    hash.hash(data).as_ref().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]

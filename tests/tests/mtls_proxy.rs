@@ -17,13 +17,11 @@ use portcullis::config::{Config, load};
 use portcullis::identity::api_keys::hash_key;
 use portcullis::metrics::Metrics;
 use portcullis::proxy::Proxy;
-use portcullis::proxy::backstop::Backstop;
 use portcullis::proxy::tls::crypto_provider;
-use portcullis::rules::RuleSet;
-use portcullis::rules::table::compile;
 use portcullis_tests::backend::{Backend, Proto};
 use portcullis_tests::oidc::{self, OidcProvider, RESOURCE, RS256_CLIENT};
-use portcullis_tests::pki::{Leaf, TestPki};
+use portcullis_tests::pki::{Leaf, TestPki, hex, sha256};
+use portcullis_tests::proxy_config::no_rules;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -166,17 +164,6 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write");
 }
 
-fn sha256(data: &[u8]) -> Vec<u8> {
-    // Independent of the code under test: the hash of rustls's ring provider.
-    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
-    let hash = suite.tls13().expect("tls13 suite").common.hash_provider;
-    hash.hash(data).as_ref().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn colon_hex(bytes: &[u8]) -> String {
     bytes
         .iter()
@@ -186,7 +173,7 @@ fn colon_hex(bytes: &[u8]) -> String {
 }
 
 async fn start(cfg: &Config) -> (Proxy, SocketAddr, SocketAddr) {
-    let backstop = Backstop::new(Arc::new(compile(&RuleSet::default()).unwrap()), None);
+    let backstop = no_rules();
     let proxy = Proxy::start(&cfg.proxy, backstop, Metrics::new(None))
         .await
         .expect("proxy starts");
@@ -389,7 +376,7 @@ async fn revoked_certificates_are_refused_and_crls_and_cas_reload() {
     )
     .unwrap();
     let cfg = load(&s.dir.path().join("portcullis.toml")).expect("reload");
-    let backstop = Backstop::new(Arc::new(compile(&RuleSet::default()).unwrap()), None);
+    let backstop = no_rules();
     let prepared = proxy.prepare(&cfg.proxy).await.expect("prepare");
     proxy.commit(&cfg.proxy, prepared, backstop);
     let r = get(required, roots.clone(), Some(&partner), "/partners", &[]).await;
@@ -404,7 +391,7 @@ async fn revoked_certificates_are_refused_and_crls_and_cas_reload() {
     let text = std::fs::read_to_string(&path).unwrap();
     let cfg = load(&path).expect("reload");
     assert!(text.contains("clients.crl"));
-    let backstop = Backstop::new(Arc::new(compile(&RuleSet::default()).unwrap()), None);
+    let backstop = no_rules();
     let prepared = proxy.prepare(&cfg.proxy).await.expect("prepare");
     proxy.commit(&cfg.proxy, prepared, backstop);
     let r = get(required, roots.clone(), Some(&successor), "/partners", &[])
