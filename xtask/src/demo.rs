@@ -40,7 +40,7 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, StatusCode, Version};
+use hyper::{Method, Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::kernel::{self, Counters, PinLayout};
 use portcullis_tests::mmdb_writer::MmdbBuilder;
@@ -49,6 +49,8 @@ use rustls::pki_types::ServerName;
 use rustls::{ProtocolVersion, RootCertStore};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_rustls::TlsConnector;
+
+mod tokens;
 
 /// The demo's own pin root, so it never touches a real installation's pins.
 const PIN_ROOT: &str = "/sys/fs/bpf/portcullis-demo";
@@ -84,6 +86,8 @@ const LISTENER_V6: &str = "public-v6";
 const POOL: &str = "demo-backend";
 const ROUTE: &str = "api";
 const ROUTE_PATH: &str = "/api";
+const TOKEN_ROUTE: &str = "orders";
+const TOKEN_PATH: &str = "/orders";
 /// Forwarding headers a client writes about itself; the proxy must believe neither.
 const SPOOFED_XFF: &str = "203.0.113.7";
 const SPOOFED_ID: &str = "chosen-by-the-client";
@@ -182,7 +186,8 @@ impl Demo {
         heading("2. Configuration");
         // A CA of its own: the gateway's certificate chains to it, the clients trust only it.
         let pki = TestPki::new("demo");
-        let config = write_config(dir.path(), &pki)?;
+        let issuer = tokens::Issuer::new()?;
+        let config = write_config(dir.path(), &pki, &issuer)?;
         self.check_config(&config)?;
         // Before the start, so the pins go even if the process dies half-way through loading.
         let pins = Pins;
@@ -203,10 +208,13 @@ impl Demo {
         heading("4. HTTPS through the proxy");
         self.through_the_proxy(&pki.roots(), &mut gateway)?;
 
-        heading("5. The admin endpoint");
+        heading("5. Bearer tokens and roles");
+        self.tokens(&pki.roots(), &issuer, &mut gateway)?;
+
+        heading("6. The admin endpoint");
         self.admin_endpoint()?;
 
-        heading("6. Protection survives the process");
+        heading("7. Protection survives the process");
         println!("  The program, its maps and the XDP link are pinned in bpffs ({PIN_ROOT}),");
         println!(
             "  so they outlive `portcullis run`: a crash or a restart does not open the gate."
@@ -214,7 +222,7 @@ impl Demo {
         self.survives_the_process(&mut gateway)?;
         self.detach()?;
 
-        heading("7. Clean-up");
+        heading("8. Clean-up");
         drop(gateway);
         drop(pins);
         drop(backend);
@@ -305,13 +313,13 @@ impl Demo {
             ("x-forwarded-for", SPOOFED_XFF),
             ("x-request-id", SPOOFED_ID),
         ];
-        if let Some(reply) = self.https(&ORDINARY, "/api/hello", &spoofed, roots)? {
+        if let Some(reply) = self.https(&ORDINARY, &Method::GET, "/api/hello", &spoofed, roots)? {
             self.proxied(&ORDINARY, &reply, true);
         }
-        if let Some(reply) = self.https(&ORDINARY_V6, "/api/hello", &[], roots)? {
+        if let Some(reply) = self.https(&ORDINARY_V6, &Method::GET, "/api/hello", &[], roots)? {
             self.proxied(&ORDINARY_V6, &reply, false);
         }
-        if let Some(reply) = self.https(&ORDINARY, "/wp-login.php", &[], roots)? {
+        if let Some(reply) = self.https(&ORDINARY, &Method::GET, "/wp-login.php", &[], roots)? {
             self.not_found(&reply);
         }
         self.handshake_dropped(
@@ -328,11 +336,85 @@ impl Demo {
         Ok(())
     }
 
+    /// Tokens on `/orders`: a reader's token reads (its subject reaches the backend as
+    /// X-User-Id), no token is 401 with a Bearer challenge, and the reader's POST is 403.
+    fn tokens(
+        &mut self,
+        roots: &Arc<RootCertStore>,
+        issuer: &tokens::Issuer,
+        gateway: &mut Gateway,
+    ) -> anyhow::Result<()> {
+        println!(
+            "  Route `{TOKEN_ROUTE}` ({TOKEN_PATH}) needs a bearer token from `demo-idp`: role API.Read"
+        );
+        println!("  or API.Write to read, API.Write to write. The demo's identity provider signs");
+        println!("  tokens (ES256, RFC 9068) with the key whose public half is in idp-jwks.json.");
+        let reader = issuer.token("reporting-app", &["API.Read"])?;
+        let bearer = format!("Bearer {reader}");
+        let path = format!("{TOKEN_PATH}/42");
+
+        if let Some(reply) = self.https(
+            &ORDINARY,
+            &Method::GET,
+            &path,
+            &[("authorization", &bearer)],
+            roots,
+        )? {
+            let from_backend = reply.body.starts_with("hello from the backend");
+            self.verify(
+                reply.status == StatusCode::OK && from_backend,
+                "a reader's GET",
+                "200 OK from the backend",
+                &reply.status.to_string(),
+            );
+            let user = echoed(&reply.body, "x-user-id");
+            self.verify(
+                user == Some("reporting-app"),
+                "x-user-id at the backend",
+                "reporting-app (the token's sub)",
+                user.unwrap_or("none"),
+            );
+        }
+        if let Some(reply) = self.https(&ORDINARY, &Method::GET, &path, &[], roots)? {
+            let challenge = reply.header(header::WWW_AUTHENTICATE.as_str());
+            self.verify(
+                reply.status == StatusCode::UNAUTHORIZED
+                    && challenge.is_some_and(|c| c.starts_with("Bearer")),
+                "no token",
+                "401 with WWW-Authenticate: Bearer",
+                &format!("{} {}", reply.status, challenge.unwrap_or("(no challenge)")),
+            );
+        }
+        if let Some(reply) = self.https(
+            &ORDINARY,
+            &Method::POST,
+            &path,
+            &[("authorization", &bearer)],
+            roots,
+        )? {
+            let challenge = reply.header(header::WWW_AUTHENTICATE.as_str());
+            self.verify(
+                reply.status == StatusCode::FORBIDDEN
+                    && challenge.is_some_and(|c| c.contains("insufficient_scope")),
+                "a reader's POST",
+                "403 with error=\"insufficient_scope\"",
+                &format!("{} {}", reply.status, challenge.unwrap_or("(no challenge)")),
+            );
+        }
+        println!();
+        println!("  The access log names the rule that refused, never the token:");
+        for line in gateway.new_log_lines() {
+            println!("  | {line}");
+        }
+        Ok(())
+    }
+
     /// `GET https://gateway.demo<path>` from `client` to the proxy, with `headers` added; prints
     /// the exchange like `curl -v`. `None` (and a failed check) when nothing usable came back.
     fn https(
         &mut self,
         client: &Client,
+        method: &Method,
         path: &str,
         headers: &[(&str, &str)],
         roots: &Arc<RootCertStore>,
@@ -343,16 +425,16 @@ impl Demo {
         let roots = Arc::clone(roots);
         let started = Instant::now();
         let result = in_netns(NS_CLIENT, move || {
-            https_request(src, dst, path, headers, roots)
+            https_request(src, dst, method, path, headers, roots)
         })?;
         let took = started.elapsed();
 
         println!();
         println!(
-            "  {} ({}): GET https://{SERVER_NAME}{path}, connecting to {dst}",
+            "  {} ({}): {method} https://{SERVER_NAME}{path}, connecting to {dst}",
             client.addr, client.about
         );
-        self.subject = format!("{}: GET https://{SERVER_NAME}{path}: ", client.addr);
+        self.subject = format!("{}: {method} https://{SERVER_NAME}{path}: ", client.addr);
         let reply = match result {
             Ok(Some(reply)) => reply,
             Ok(None) => {
@@ -373,9 +455,9 @@ impl Demo {
             "    * {}, ALPN {}, certificate for {SERVER_NAME} verified against the demo CA",
             reply.tls, reply.alpn
         );
-        println!("    > GET {path} {}", http_version(reply.version));
+        println!("    > {method} {path} {}", http_version(reply.version));
         for (name, value) in headers {
-            println!("    > {name}: {value}");
+            println!("    > {name}: {}", shorten(value));
         }
         println!(
             "    < {} {} (in {} ms)",
@@ -385,6 +467,7 @@ impl Demo {
         );
         for name in [
             header::STRICT_TRANSPORT_SECURITY.as_str(),
+            header::WWW_AUTHENTICATE.as_str(),
             "x-request-id",
             header::CONTENT_TYPE.as_str(),
         ] {
@@ -908,6 +991,7 @@ impl HttpsReply {
 fn https_request(
     src: IpAddr,
     dst: SocketAddr,
+    method: &Method,
     path: &str,
     headers: &[(&str, &str)],
     roots: Arc<RootCertStore>,
@@ -920,16 +1004,20 @@ fn https_request(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        tokio::time::timeout(HTTPS_TIMEOUT, https_exchange(tcp, path, headers, roots))
-            .await
-            .map_err(|_| anyhow!("no response within {} s", HTTPS_TIMEOUT.as_secs()))?
-            .map(Some)
+        tokio::time::timeout(
+            HTTPS_TIMEOUT,
+            https_exchange(tcp, method, path, headers, roots),
+        )
+        .await
+        .map_err(|_| anyhow!("no response within {} s", HTTPS_TIMEOUT.as_secs()))?
+        .map(Some)
     })
 }
 
 /// The TLS handshake (SNI gateway.demo, ALPN h2 then http/1.1), one request, the whole response.
 async fn https_exchange(
     tcp: TcpStream,
+    method: &Method,
     path: &str,
     headers: &[(&str, &str)],
     roots: Arc<RootCertStore>,
@@ -960,9 +1048,14 @@ async fn https_exchange(
 
     // h2 carries the host in the request's authority, HTTP/1.1 in a Host header.
     let mut request = if h2 {
-        Request::get(format!("https://{SERVER_NAME}{path}"))
+        Request::builder()
+            .method(method)
+            .uri(format!("https://{SERVER_NAME}{path}"))
     } else {
-        Request::get(path).header(header::HOST, SERVER_NAME)
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, SERVER_NAME)
     };
     for (name, value) in headers {
         request = request.header(*name, HeaderValue::from_str(value)?);
@@ -989,6 +1082,18 @@ async fn https_exchange(
         headers: parts.headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// A long header value (a token) cut for display: the demo shows its shape, not all of it.
+fn shorten(value: &str) -> String {
+    if value.len() <= 60 {
+        return value.to_string();
+    }
+    let cut = (0..=48)
+        .rev()
+        .find(|i| value.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{}...({} bytes)", &value[..cut], value.len())
 }
 
 /// `HTTP/2`, as curl writes it, or `HTTP/1.1`.
@@ -1051,7 +1156,7 @@ impl Checks {
 
 /// Writes the country database, the CA certificate, the gateway's certificate and key, and the
 /// config into `dir`; returns the config's path.
-fn write_config(dir: &Path, pki: &TestPki) -> anyhow::Result<PathBuf> {
+fn write_config(dir: &Path, pki: &TestPki, issuer: &tokens::Issuer) -> anyhow::Result<PathBuf> {
     // Networks as in MaxMind's test data, so the addresses match what the docs quote.
     let mut db = MmdbBuilder::new(6, "GeoIP2-Country").alias_ipv4_mapped(true);
     db.insert("81.2.69.0/24".parse()?, "GB");
@@ -1063,6 +1168,7 @@ fn write_config(dir: &Path, pki: &TestPki) -> anyhow::Result<PathBuf> {
     // memory. The certificate names the host and both of the gateway's client-facing addresses.
     pki.write_ca(dir);
     pki.write_server(dir, "gateway", &[SERVER_NAME, GW_CLIENT_V4, GW_CLIENT_V6]);
+    std::fs::write(dir.join("idp-jwks.json"), issuer.jwks()).context("writing the JWKS")?;
 
     let config = format!(
         r#"# Written by `cargo xtask demo`.
@@ -1118,8 +1224,44 @@ name = "{ROUTE}"
 hosts = ["{SERVER_NAME}"]
 path = "{ROUTE_PATH}"   # and everything below it; any other path is 404
 pool = "{POOL}"
+
+# Bearer tokens signed by the demo identity provider, whose public key is in idp-jwks.json
+# (a real deployment names its OpenID issuer and the keys are discovered).
+[[token_providers]]
+name = "demo-idp"
+issuer = "{issuer}"
+audiences = ["{audience}"]
+jwks_file = "idp-jwks.json"
+
+# /orders: role API.Read or API.Write for every method, API.Write for POST, PUT and DELETE.
+# The backend learns the caller from X-User-Id and never sees the token.
+[[routes]]
+name = "{TOKEN_ROUTE}"
+hosts = ["{SERVER_NAME}"]
+path = "{TOKEN_PATH}"
+pool = "{POOL}"
+
+[routes.token]
+provider = "demo-idp"
+
+[[routes.token.rules]]
+[[routes.token.rules.require]]
+claim = "roles"
+any = ["API.Read", "API.Write"]
+
+[[routes.token.rules]]
+methods = ["POST", "PUT", "DELETE"]
+[[routes.token.rules.require]]
+claim = "roles"
+any = ["API.Write"]
+
+[[routes.token.claim_headers]]
+header = "X-User-Id"
+claims = ["sub"]
 "#,
-        management = MANAGEMENT.addr
+        management = MANAGEMENT.addr,
+        issuer = tokens::ISSUER,
+        audience = tokens::AUDIENCE,
     );
     let path = dir.join("portcullis.toml");
     std::fs::write(&path, config).context("writing the config")?;
@@ -1478,11 +1620,12 @@ fn answer(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
 }
 
 /// Request headers the backend echoes: the ones the proxy sets.
-const ECHOED: [&str; 4] = [
+const ECHOED: [&str; 5] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "forwarded",
     "x-request-id",
+    "x-user-id",
 ];
 
 /// Removes everything under the demo's pin root on drop (detaching the XDP link first).

@@ -1,8 +1,10 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench kernel | bench proxy`. The README's two commands
+//! Project tasks: `cargo xtask setup | test | demo | bench kernel | bench proxy | bench auth`. The README's two commands
 //! are `cargo xtask demo` and `cargo xtask test`; both run the idempotent set-up first.
 
 mod bench;
+mod bench_auth;
 mod bench_proxy;
+mod bench_util;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -33,8 +35,18 @@ enum Task {
     /// Benchmarks (not part of the tests).
     Bench {
         #[command(subcommand)]
-        what: bench::Which,
+        what: BenchWhich,
     },
+}
+
+/// The benchmarks: those of `bench.rs`, and the identity benchmark.
+#[derive(Subcommand)]
+enum BenchWhich {
+    #[command(flatten)]
+    Other(bench::Which),
+    /// Token validation, API keys and mTLS against Envoy (jwt_authn, api_key_auth, client
+    /// certificates): requests/s and p99 per scenario, and the cost of one validation.
+    Auth,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,7 +65,23 @@ fn main() -> anyhow::Result<()> {
             if cfg!(debug_assertions) {
                 setup()?;
             }
-            bench::run(what)
+            match what {
+                BenchWhich::Other(what) => bench::run(what),
+                BenchWhich::Auth if cfg!(debug_assertions) => {
+                    // Numbers from an unoptimised build would say nothing: measure a release build.
+                    cargo(&[
+                        "run",
+                        "--release",
+                        "--quiet",
+                        "--package",
+                        "xtask",
+                        "--",
+                        "bench",
+                        "auth",
+                    ])
+                }
+                BenchWhich::Auth => bench_auth::run(),
+            }
         }
     }
 }
