@@ -790,8 +790,9 @@ async fn hostile_tokens_are_refused_before_the_backend() {
         failures.join("\n")
     );
 
-    // Bytes that RFC 6750's b64token does not allow (a space inside, `=` before the end) make
-    // the request itself malformed: 400 invalid_request (RFC 6750 section 3.1), not 401.
+    // Bytes that RFC 6750's b64token does not allow (a space inside, `=` before the end) never
+    // reach signature checks: the token is malformed, 401 invalid_token (RFC 6750 section 3.1).
+    // The rule in the access log says where it failed (`token_source:MalformedBearer`).
     let malformed = [
         (
             "space inside a segment",
@@ -806,11 +807,11 @@ async fn hostile_tokens_are_refused_before_the_backend() {
     ];
     for (name, token) in &malformed {
         let r = get(rig.addr, token).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}");
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{name}");
         assert!(
             r.www_authenticate
                 .as_deref()
-                .is_some_and(|w| w.contains("error=\"invalid_request\"")),
+                .is_some_and(|w| w.contains("error=\"invalid_token\"")),
             "{name}: {:?}",
             r.www_authenticate
         );

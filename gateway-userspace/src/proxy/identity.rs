@@ -143,11 +143,19 @@ pub async fn authenticate(
                 .split(|c: char| !c.is_alphanumeric())
                 .next()
                 .unwrap_or("invalid");
-            return Err(refuse(
-                Denial::TokenRequestInvalid,
-                "identity",
-                format!("token_source:{variant}"),
-            ));
+            // RFC 6750 section 3.1: a token in several places is a malformed *request*
+            // (400 invalid_request); a token that is itself malformed (bytes outside
+            // b64token, padding inside, two tokens in one header) is an invalid *token*
+            // (401 invalid_token), like any other token that fails validation.
+            use crate::identity::authz::ExtractError as E;
+            let denial = match e {
+                E::MalformedBearer
+                | E::MalformedHeader(_)
+                | E::MalformedQueryParam(_)
+                | E::MalformedCookie(_) => Denial::TokenInvalid,
+                _ => Denial::TokenRequestInvalid,
+            };
+            return Err(refuse(denial, "identity", format!("token_source:{variant}")));
         }
     };
     let Some(provider) = providers.get(requirement.provider) else {
