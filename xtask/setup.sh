@@ -74,6 +74,10 @@ fi
 # 2. Network namespaces, traffic and inspection tools for tests, demo and benchmarks.
 apt_install iproute2 util-linux iputils-ping nftables bpftool
 
+# Redis for the cluster store's tests (tests/tests/cluster.rs). Each test starts a redis-server
+# of its own on a free loopback port; only the binary is used, never a system service.
+apt_install redis-server
+
 # 3. bpffs for pinned programs, links and maps.
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   need_root "mount bpffs"

@@ -29,6 +29,8 @@ pub struct AdminState {
     pub probe: std::sync::RwLock<Option<Box<dyn Fn() -> bool + Send + Sync>>>,
     pub reload: mpsc::Sender<oneshot::Sender<ReloadReply>>,
     pub pins: Option<PinLayout>,
+    /// The abuse-ban engine, whose userspace bans `GET /bans` lists and `DELETE /bans` lifts.
+    pub abuse: Option<Arc<crate::abuse::Abuse>>,
 }
 
 /// Serves the admin endpoint until `stop` turns true.
@@ -106,31 +108,80 @@ async fn handle(
                 ),
             }
         }
-        (&Method::GET, "/bans") => match state
-            .pins
-            .as_ref()
-            .map(|p| Bans::open(p).and_then(|b| b.list()))
-        {
-            Some(Ok(bans)) => {
-                let items: Vec<_> = bans.iter().map(|b| b.to_json()).collect();
-                text(
-                    StatusCode::OK,
-                    "application/json",
-                    serde_json::Value::Array(items).to_string(),
-                )
-            }
-            Some(Err(e)) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                format!("{e}\n"),
-            ),
-            None => text(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "the kernel layer is disabled\n",
-            ),
-        },
+        (&Method::GET, "/bans") => bans(&state),
+        (&Method::DELETE, "/bans") => unban(&state, req.uri().query()),
+        (&Method::GET, "/limits") => limits(&state, req.uri().query()),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     };
     Ok(resp)
+}
+
+/// The kernel's live bans (`"enforced": "kernel"`) and the userspace ones (`"userspace"`), as
+/// one JSON array.
+fn bans(state: &AdminState) -> Response<Body> {
+    let mut items = Vec::new();
+    if let Some(pins) = &state.pins {
+        match Bans::open(pins).and_then(|b| b.list()) {
+            Ok(bans) => items.extend(bans.iter().map(|b| {
+                let mut j = b.to_json();
+                j["enforced"] = "kernel".into();
+                j
+            })),
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                );
+            }
+        }
+    }
+    if let Some(abuse) = &state.abuse {
+        let now = std::time::Instant::now();
+        items.extend(abuse.userspace_bans().iter().map(|b| b.to_json(now)));
+    }
+    text(
+        StatusCode::OK,
+        "application/json",
+        serde_json::Value::Array(items).to_string(),
+    )
+}
+
+/// `DELETE /bans?addr=<address>`: lifts a userspace ban (`portcullis ban rm` lifts kernel ones).
+/// `GET /limits?key=<value>`: every rate limit and quota that applies to an API key id (or
+/// another key part: a client prefix, a claim value), with what is left and when it resets.
+fn limits(state: &AdminState, query: Option<&str>) -> Response<Body> {
+    let key = query
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("key=")))
+        .and_then(crate::identity::encoding::form_decode)
+        .filter(|k| !k.is_empty() && k.len() <= 256);
+    let Some(key) = key else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "expected ?key=<API key id or other key value>\n",
+        );
+    };
+    text(
+        StatusCode::OK,
+        "application/json",
+        state.metrics.limits.show(&key).to_string(),
+    )
+}
+
+fn unban(state: &AdminState, query: Option<&str>) -> Response<Body> {
+    let addr = query
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("addr=")))
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+    let Some(addr) = addr else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "expected ?addr=<IP address>\n",
+        );
+    };
+    match &state.abuse {
+        Some(abuse) if abuse.unban(addr) => text(StatusCode::OK, "text/plain", "unbanned\n"),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "no userspace ban\n"),
+    }
 }

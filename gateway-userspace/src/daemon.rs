@@ -17,8 +17,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
+use crate::abuse::Abuse;
 use crate::admin::{self, AdminState, ReloadReply};
-use crate::config::{self, Config, ListenerKind};
+use crate::config::{self, AbuseConfig, Config, ListenerKind};
 use crate::kernel::{Bans, KernelControl, ReloadOutcome};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::proxy::Proxy;
@@ -83,19 +84,33 @@ struct Daemon {
     kernel: KernelControl,
     proxy: Option<Proxy>,
     metrics: Arc<Metrics>,
+    /// Kept across reloads: counts and offender history survive them.
+    abuse: Arc<Abuse>,
 }
 
 impl Daemon {
-    fn backstop(&self, compiled: Arc<CompiledRules>, config: &Config) -> Backstop {
-        Backstop::new(
-            compiled,
-            config.kernel.enabled.then(|| self.kernel.layout()),
-        )
+    /// The backstop of a new generation, with the abuse engine brought to the same generation
+    /// (its settings, the kernel map or none, the allow list and trusted hops it never bans).
+    fn backstop(
+        &self,
+        compiled: Arc<CompiledRules>,
+        config: &Config,
+        abuse: AbuseConfig,
+    ) -> Backstop {
+        let layout = config.kernel.enabled.then(|| self.kernel.layout());
+        self.abuse.configure(
+            abuse,
+            layout.cloned(),
+            compiled.clone(),
+            config.proxy.trusted.clone(),
+        );
+        Backstop::new(compiled, layout).with_abuse(self.abuse.clone())
     }
 
     /// The one reload path. On error nothing has changed.
     async fn reload(&mut self) -> anyhow::Result<String> {
-        let config = config::load(&self.path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (config, abuse) =
+            config::load_with_abuse(&self.path).map_err(|e| anyhow::anyhow!("{e}"))?;
         if config.kernel.pin_root != self.config.kernel.pin_root {
             anyhow::bail!(
                 "kernel.pin_root changed from {} to {}; that needs a restart",
@@ -117,7 +132,7 @@ impl Daemon {
         if config.kernel.enabled {
             apply(&mut self.kernel, &config, &compiled)?;
         }
-        let backstop = self.backstop(compiled, &config);
+        let backstop = self.backstop(compiled, &config, abuse);
         match (&mut self.proxy, prepared) {
             (Some(p), Some(prepared)) => p.commit(&config.proxy, prepared, backstop),
             _ if !config.proxy.listeners.is_empty() => {
@@ -140,6 +155,8 @@ impl Daemon {
                     .sum::<usize>()
                 + config.rules.geo.as_ref().map_or(0, |g| g.networks.len()),
         );
+        // Limits now rather than at the next request, so the admin endpoint shows them.
+        self.metrics.limits.adopt_routes(&config.proxy.routes);
         self.config = config;
         info!(config = %self.path.display(), %summary, kernel_rules = %rule_diff, "configuration reloaded");
         Ok(summary)
@@ -166,9 +183,11 @@ impl Daemon {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (config, abuse_config) =
+        config::load_with_abuse(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let kernel = KernelControl::new(&config.kernel.pin_root);
     let metrics = Metrics::new(config.kernel.enabled.then(|| kernel.layout().clone()));
+    let abuse = Abuse::new(abuse_config.clone(), Some(metrics.clone()));
     let compiled = Arc::new(table::compile(&config.rules).context("compiling the kernel rules")?);
     let mut d = Daemon {
         path: config_path.to_path_buf(),
@@ -176,6 +195,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         kernel,
         proxy: None,
         metrics: metrics.clone(),
+        abuse: abuse.clone(),
     };
     if d.config.kernel.enabled {
         let config = d.config.clone();
@@ -186,8 +206,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     if !d.config.proxy.listeners.is_empty() {
-        let backstop = d.backstop(compiled, &d.config.clone());
+        let backstop = d.backstop(compiled, &d.config.clone(), abuse_config);
         d.proxy = Some(Proxy::start(&d.config.proxy, backstop, metrics.clone()).await?);
+        // Reads the quota state file now, not at the first request.
+        metrics.limits.adopt_routes(&d.config.proxy.routes);
     }
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<ReloadReply>>(4);
@@ -201,6 +223,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         ),
         reload: reload_tx,
         pins: d.config.kernel.enabled.then(|| d.kernel.layout().clone()),
+        abuse: Some(abuse.clone()),
     });
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     if let Some(addr) = d.config.admin.listen {
@@ -240,6 +263,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
             }
             _ = sweep.tick() => {
+                d.abuse.sweep();
                 if d.config.kernel.enabled {
                     match Bans::open(d.kernel.layout()).and_then(|mut b| b.sweep()) {
                         Ok(0) => {}
@@ -257,6 +281,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Some(p) = d.proxy.take() {
         info!("draining the proxy");
         p.shutdown().await;
+    }
+    // After the drain, so the last requests' quota usage is in the file.
+    if let Err(e) = metrics.limits.flush() {
+        warn!(error = %e, "quota counters not saved");
     }
     let _ = stop_admin.send(true);
     if d.config.kernel.enabled {

@@ -62,6 +62,29 @@ enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
+    /// Rate limits and quotas of a running gateway, through its admin endpoint.
+    Limits {
+        #[command(subcommand)]
+        action: LimitsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// Every limit and quota that applies to KEY (an API key id, or another key value such
+    /// as a client prefix), with the budget left and when it resets.
+    Show {
+        key: String,
+        /// Read `admin.listen` from this config.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The admin endpoint's address (default: the config's, else 127.0.0.1:9901).
+        #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+        admin: Option<std::net::SocketAddr>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +126,11 @@ enum BanCommand {
         target: Target,
         #[arg(long)]
         json: bool,
+        /// Ask the running daemon's admin endpoint (for example 127.0.0.1:9901) instead of the
+        /// pinned map: its list adds the userspace bans (abuse bans of addresses learned from
+        /// proxy headers, and every ban when the kernel layer is off).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
     },
 }
 
@@ -230,6 +258,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Key { action } => key(action),
+        Command::Limits { action } => limits(action),
         Command::Ban { action } => ban(action),
         Command::Stats { target, json } => stats(&target.pin_root()?, json),
         Command::Detach { target } => {
@@ -302,7 +331,16 @@ fn ban(action: BanCommand) -> Result<(), Failure> {
                 return Err(anyhow::anyhow!("{prefix} was not banned").into());
             }
         }
-        BanCommand::List { target, json } => {
+        BanCommand::List {
+            json,
+            admin: Some(addr),
+            ..
+        } => admin_bans(addr, json)?,
+        BanCommand::List {
+            target,
+            json,
+            admin: None,
+        } => {
             let bans = Bans::open(&PinLayout::new(&target.pin_root()?))?.list()?;
             if json {
                 let items: Vec<_> = bans.iter().map(|b| b.to_json()).collect();
@@ -324,6 +362,149 @@ fn ban(action: BanCommand) -> Result<(), Failure> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn limits(action: LimitsCommand) -> Result<(), Failure> {
+    let LimitsCommand::Show {
+        key,
+        config,
+        admin,
+        json,
+    } = action;
+    let addr = match (admin, config) {
+        (Some(a), _) => a,
+        (None, Some(path)) => load_config(&path)?
+            .admin
+            .listen
+            .context("the config turns the admin endpoint off")?,
+        (None, None) => "127.0.0.1:9901".parse().context("default admin address")?,
+    };
+    let query: String = key
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let body = runtime.block_on(async {
+        use http_body_util::BodyExt as _;
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let uri: http::Uri = format!("http://{addr}/limits?key={query}").parse()?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+            .await
+            .context("the admin endpoint did not answer")??;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status.is_success(),
+            "the admin endpoint answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+        anyhow::Ok(body)
+    });
+    let body = body.with_context(|| format!("asking the admin endpoint at {addr}"))?;
+    let items: serde_json::Value = serde_json::from_slice(&body).context("reading the answer")?;
+    if json {
+        println!("{items}");
+        return Ok(());
+    }
+    let rows = items.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no limit or quota applies to {key}");
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:<24} {:<32} {:>14} {:>14} {:>9}",
+        "KIND", "LIMIT", "KEY", "REMAINING", "OF", "RESET(s)"
+    );
+    let show = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for r in rows {
+        let key = show(&r["key"]);
+        let (remaining, of) = if r["kind"] == "rate" {
+            (show(&r["remaining"]), show(&r["quota"]))
+        } else if r["calls"].is_null() {
+            (
+                show(&r["bytes_remaining"]),
+                format!("{} B", show(&r["bytes"])),
+            )
+        } else {
+            (
+                show(&r["calls_remaining"]),
+                format!("{} calls", show(&r["calls"])),
+            )
+        };
+        println!(
+            "{:<6} {:<24} {:<32} {:>14} {:>14} {:>9}",
+            show(&r["kind"]),
+            show(&r["limit"]),
+            key.replace('|', ", "),
+            remaining,
+            of,
+            show(&r["reset_seconds"]),
+        );
+    }
+    Ok(())
+}
+
+/// `GET /bans` of the admin endpoint at `addr`: the kernel's bans and the userspace ones.
+fn admin_bans(addr: std::net::SocketAddr, json: bool) -> Result<(), Failure> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to the admin endpoint at {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /bans HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .context("reading the admin endpoint's answer")?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        let status = head.lines().next().unwrap_or_default();
+        return Err(anyhow::anyhow!("the admin endpoint answered `{status}`: {body}").into());
+    }
+    let items: Vec<serde_json::Value> =
+        serde_json::from_str(body).context("the admin endpoint's ban list")?;
+    if json {
+        println!("{}", serde_json::Value::Array(items));
+        return Ok(());
+    }
+    if items.is_empty() {
+        println!("no bans");
+        return Ok(());
+    }
+    println!(
+        "{:<44} {:<13} {:<10} EXPIRES IN",
+        "PREFIX", "REASON", "ENFORCED"
+    );
+    for b in &items {
+        let left = b["remaining_secs"]
+            .as_f64()
+            .map_or("never".to_string(), |s| {
+                humantime::format_duration(Duration::from_secs((s as u64).max(1))).to_string()
+            });
+        println!(
+            "{:<44} {:<13} {:<10} {left}",
+            b["prefix"].as_str().unwrap_or("?"),
+            b["reason"].as_str().unwrap_or("?"),
+            b["enforced"].as_str().unwrap_or("kernel"),
+        );
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served on the admin listener: requests by route and status class,
 //! latency histograms, decisions by phase, rule and action, upstream health, connections,
 //! reload results, the kernel's per-reason packet counters and the verified-token caches' hits,
-//! misses and sizes (read at scrape time).
+//! misses and sizes (read at scrape time), and the cluster store's calls and connection.
 
 use std::sync::Arc;
 
@@ -53,10 +53,24 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+/// Abuse-ban decisions: `rule` is the abuse rule kind (or `shared`), `action` where the ban
+/// went (`kernel`, `kernel+userspace`, `userspace`), or `report`, `protected`, `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AbuseLabels {
+    pub rule: String,
+    pub action: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KernelLabels {
     pub verdict: String,
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: String,
+    pub kind: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -80,10 +94,119 @@ pub struct Metrics {
     token_cache_hits: Family<ProviderLabels, Counter>,
     token_cache_misses: Family<ProviderLabels, Counter>,
     token_cache_entries: Family<ProviderLabels, Gauge>,
+    pub abuse_bans: Family<AbuseLabels, Counter>,
+    pub abuse_tracked: Gauge,
+    pub abuse_userspace_bans: Gauge,
+    pub abuse_untracked: Counter,
     /// Where to read kernel counters from, when the kernel layer is on.
     kernel: Option<PinLayout>,
     /// Reads the current upstream endpoints' state at scrape time (set by the proxy).
     upstreams: std::sync::RwLock<Option<UpstreamProbe>>,
+    /// Handed to [`crate::cluster::Cluster::start`].
+    pub cluster: ClusterMetrics,
+    /// The rate-limit and quota counters. They live here because this is the one object the
+    /// proxy (across configuration generations), the admin endpoint and the daemon share.
+    pub limits: crate::limits::Hub,
+    limit_tracked_keys: Family<LimitLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterCallLabels {
+    pub op: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterOpLabels {
+    pub op: String,
+}
+
+fn cluster_histogram() -> Histogram {
+    // 100 us to about 3 s: calls are bounded by a timeout of tens of milliseconds.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
+/// The cluster store's metrics. Clones share the same series, so the store can be started
+/// with a clone and the registry still sees every update.
+#[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    /// By operation (`rate`, `quota`, `ban`, `unban`, `bans`, `subscribe`) and result (`ok`,
+    /// `timeout`, `unavailable`, `error`, `bad_reply`, `bad_message`).
+    pub calls: Family<ClusterCallLabels, Counter>,
+    pub latency: Family<ClusterOpLabels, Histogram, fn() -> Histogram>,
+    /// Connections re-established after a loss.
+    pub reconnects: Counter,
+    /// Connects that failed and connections lost.
+    pub connection_errors: Counter,
+    /// 1 while the commands connection is up.
+    pub connected: Gauge,
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        Self {
+            calls: Family::default(),
+            latency: Family::new_with_constructor(cluster_histogram as fn() -> Histogram),
+            reconnects: Counter::default(),
+            connection_errors: Counter::default(),
+            connected: Gauge::default(),
+        }
+    }
+}
+
+impl ClusterMetrics {
+    /// Counts one call and, when it got an answer, its latency.
+    pub fn call(&self, op: &str, result: &str, elapsed: std::time::Duration) {
+        self.calls
+            .get_or_create(&ClusterCallLabels {
+                op: op.into(),
+                result: result.into(),
+            })
+            .inc();
+        if result == "ok" {
+            self.latency
+                .get_or_create(&ClusterOpLabels { op: op.into() })
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// How many calls of `op` ended with `result`.
+    pub fn count(&self, op: &str, result: &str) -> u64 {
+        self.calls
+            .get_or_create(&ClusterCallLabels {
+                op: op.into(),
+                result: result.into(),
+            })
+            .get()
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cluster_calls",
+            "Cluster store calls to Redis, by operation and result",
+            self.calls.clone(),
+        );
+        registry.register(
+            "cluster_call_duration_seconds",
+            "Time to answer successful cluster store calls, by operation",
+            self.latency.clone(),
+        );
+        registry.register(
+            "cluster_reconnects",
+            "Connections to Redis re-established after a loss",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "cluster_connection_errors",
+            "Failed connects to Redis and connections lost",
+            self.connection_errors.clone(),
+        );
+        registry.register(
+            "cluster_connected",
+            "1 while the cluster store is connected to Redis",
+            self.connected.clone(),
+        );
+    }
 }
 
 /// One endpoint's state for the upstream gauges.
@@ -114,10 +237,18 @@ impl Metrics {
             token_cache_hits: Family::default(),
             token_cache_misses: Family::default(),
             token_cache_entries: Family::default(),
+            abuse_bans: Family::default(),
+            abuse_tracked: Gauge::default(),
+            abuse_userspace_bans: Gauge::default(),
+            abuse_untracked: Counter::default(),
             kernel,
             upstreams: std::sync::RwLock::new(None),
             registry: Registry::default(),
+            cluster: ClusterMetrics::default(),
+            limits: crate::limits::Hub::default(),
+            limit_tracked_keys: Family::default(),
         };
+        m.cluster.register(&mut registry);
         registry.register(
             "requests",
             "Requests answered, by route and status class",
@@ -183,6 +314,31 @@ impl Metrics {
             "Verified tokens held in the cache, by token provider",
             m.token_cache_entries.clone(),
         );
+        registry.register(
+            "limit_tracked_keys",
+            "Keys a rate limit or quota holds counters for (bounded by max_tracked_keys)",
+            m.limit_tracked_keys.clone(),
+        );
+        registry.register(
+            "abuse_bans",
+            "Abuse-ban decisions by rule and action",
+            m.abuse_bans.clone(),
+        );
+        registry.register(
+            "abuse_tracked_clients",
+            "Clients whose refusals the abuse detector is counting",
+            m.abuse_tracked.clone(),
+        );
+        registry.register(
+            "abuse_userspace_bans",
+            "Live bans enforced in userspace",
+            m.abuse_userspace_bans.clone(),
+        );
+        registry.register(
+            "abuse_untracked",
+            "Refusals not counted because the abuse detector's table was full",
+            m.abuse_untracked.clone(),
+        );
         Arc::new(Self { registry, ..m })
     }
 
@@ -226,6 +382,7 @@ impl Metrics {
         self.refresh_kernel();
         self.refresh_upstreams();
         self.refresh_token_caches();
+        self.refresh_limits();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -270,6 +427,18 @@ impl Metrics {
             self.token_cache_entries
                 .get_or_create(&labels)
                 .set(i64::try_from(r.stats.entries).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn refresh_limits(&self) {
+        self.limit_tracked_keys.clear();
+        for (limit, kind, tracked) in self.limits.tracked() {
+            self.limit_tracked_keys
+                .get_or_create(&LimitLabels {
+                    limit,
+                    kind: kind.into(),
+                })
+                .set(i64::try_from(tracked).unwrap_or(i64::MAX));
         }
     }
 

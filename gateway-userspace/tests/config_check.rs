@@ -1070,6 +1070,10 @@ fn the_proxy_example_loads_with_generated_certificates() {
     f.cert("backend-ca", &["orders.internal"]);
     f.cert("idp-ca", &["login.example.com"]);
     f.cert("client-ca", &["partners.example.com"]);
+    f.cert("gateway-client", &["gateway.example.com"]);
+    std::fs::create_dir_all(f.dir.path().join("secrets")).expect("mkdir secrets");
+    f.file("secrets/billing.pass", "not-a-real-password\n");
+    f.file("secrets/ledger-client.secret", "not-a-real-secret\n");
     f.file(
         "partner-jwks.json",
         include_str!("../../examples/partner-jwks.json"),
@@ -1609,4 +1613,274 @@ fn client_certificate_route_without_a_listener_asking() {
          certificate, but no listener asks for one; add [listeners.client_certs] with `mode = \
          \"required\"` or `\"optional\"` to an https listener"
     );
+}
+
+/// CORS settings that would weaken CORS are refused, each at its entry.
+#[test]
+fn cors_mistakes() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"r\"\npath = \"/\"\npool = \"api\"\n[routes.cors]\n\
+         allowed_origins = [\"*\", \"null\", \"https://app.example.com/\", \"https://*.com\", \
+         \"ftp://x.example\", \"https://a*.example.com\", \"https://x.example:99999\"]\n\
+         allowed_headers = [\"bad header\"]\nallow_credentials = true\nmax_age = \"2d\"\n\
+         \n[[routes]]\nname = \"s\"\npath = \"/s\"\npool = \"api\"\n[routes.cors]\n\
+         allowed_origins = []\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:13:20: error: `routes.cors.allowed_origins`: invalid value `*`: `*` \
+         cannot be combined with `allow_credentials = true` (browsers refuse it, and echoing \
+         every origin with credentials would let any site act as the user); list the origins\n\
+         $DIR/portcullis.toml:13:25: error: `routes.cors.allowed_origins`: invalid value `null`: \
+         the `null` origin is shared by sandboxed frames, local files and redirects: allowing it \
+         allows all of them\n\
+         $DIR/portcullis.toml:13:33: error: `routes.cors.allowed_origins`: invalid value \
+         `https://app.example.com/`: an origin is `scheme://host[:port]`: no path, query, user or \
+         trailing slash\n\
+         $DIR/portcullis.toml:13:61: error: `routes.cors.allowed_origins`: invalid value \
+         `https://*.com`: a wildcard must be a whole leading label of a domain with at least two \
+         labels (`https://*.example.com`)\n\
+         $DIR/portcullis.toml:13:78: error: `routes.cors.allowed_origins`: invalid value \
+         `ftp://x.example`: the scheme must be https or http\n\
+         $DIR/portcullis.toml:13:97: error: `routes.cors.allowed_origins`: invalid value \
+         `https://a*.example.com`: `*` is allowed alone or as the whole first label \
+         (`https://*.example.com`)\n\
+         $DIR/portcullis.toml:13:123: error: `routes.cors.allowed_origins`: invalid value \
+         `https://x.example:99999`: the port is not a number from 0 to 65535\n\
+         $DIR/portcullis.toml:14:20: error: `routes.cors.allowed_headers`: `bad header` is not a \
+         valid header name (a token such as `X-User-Id`)\n\
+         $DIR/portcullis.toml:16:11: error: `routes.cors.max_age`: invalid duration `2d`: must be \
+         at most 1day\n\
+         $DIR/portcullis.toml:23:19: error: `routes.cors.allowed_origins` is empty: list the \
+         origins (`https://app.example.com`) that may call this route"
+    );
+}
+
+/// Rate limit and quota mistakes, each located at its value.
+#[test]
+fn rate_limit_and_quota_mistakes() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"r\"\npath = \"/\"\npool = \"api\"\n\
+         \n[proxy.limits]\nheaders = \"draft\"\nquota_status = 500\nmax_tracked_keys = 0\n\
+         \n[[proxy.limits.rate]]\nname = \"burst\"\nby = [\"api_key\", \"claim:\", \"header:Cookie\", \
+         \"api_key\", \"session\"]\nrequests = 0\nper = \"2d\"\nroutes = [\"nope\"]\nipv6_prefix = 129\n\
+         \n[[proxy.limits.rate]]\nname = \"burst\"\nby = []\nrequests = 5\nper = \"1s\"\nburts = 2\n\
+         \n[[proxy.limits.quota]]\nname = \"daily\"\nby = [\"ip\"]\nperiod = \"week\"\nproducts = [\"shop\"]\n\
+         \n[[proxy.limits.quota]]\nname = \"monthly\"\nby = [\"api_key\"]\nperiod = \"month\"\nbytes = 0\n\
+         [[proxy.limits.quota.tiers]]\nkeys = []\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:14:11: error: `proxy.limits.headers`: unknown value `draft`; \
+         expected one of: ietf, legacy, none\n\
+         $DIR/portcullis.toml:15:16: error: `proxy.limits.quota_status`: invalid value `500`: an \
+         exhausted quota is answered with 403 or 429\n\
+         $DIR/portcullis.toml:16:20: error: `proxy.limits.max_tracked_keys`: 0 is out of range; \
+         expected 1 to 10000000\n\
+         $DIR/portcullis.toml:20:18: error: `proxy.limits.rate.by`: invalid value `claim:`: a \
+         claim name is 1 to 64 visible ASCII characters, such as `claim:sub`\n\
+         $DIR/portcullis.toml:20:28: error: `proxy.limits.rate.by`: invalid value \
+         `header:Cookie`: this header carries credentials, which must not become counter keys\n\
+         $DIR/portcullis.toml:20:45: error: `proxy.limits.rate.by`: `api_key` is listed more \
+         than once\n\
+         $DIR/portcullis.toml:20:56: error: `proxy.limits.rate.by`: invalid value `session`: \
+         expected `api_key`, `ip`, `route`, `claim:<name>` or `header:<name>`\n\
+         $DIR/portcullis.toml:21:12: error: `proxy.limits.rate.requests`: 0 is out of range; \
+         expected 1 to 1000000000\n\
+         $DIR/portcullis.toml:22:7: error: `proxy.limits.rate.per`: invalid duration `2d`: must \
+         be at most 1day\n\
+         $DIR/portcullis.toml:23:11: error: `proxy.limits.rate.routes`: invalid value `nope`: no \
+         route has this name\n\
+         $DIR/portcullis.toml:24:15: error: `proxy.limits.rate.ipv6_prefix`: 129 is out of \
+         range; expected 0 to 128\n\
+         $DIR/portcullis.toml:27:8: error: duplicate limit name `burst` (first used on line 19)\n\
+         $DIR/portcullis.toml:31:1: error: unknown key `burts` in [[proxy.limits.rate]]; did you \
+         mean `burst`?\n\
+         $DIR/portcullis.toml:33:1: error: [[proxy.limits.quota]] counts nothing: give it \
+         `calls`, `bytes` or both\n\
+         $DIR/portcullis.toml:36:10: error: `proxy.limits.quota.period`: unknown value `week`; \
+         expected one of: hour, day, month\n\
+         $DIR/portcullis.toml:37:13: error: `proxy.limits.quota.products`: invalid value `shop`: \
+         no route belongs to this product\n\
+         $DIR/portcullis.toml:43:9: error: `proxy.limits.quota.bytes`: invalid value `0`: a \
+         quota of zero bytes refuses everything; remove the route instead\n\
+         $DIR/portcullis.toml:44:1: error: [[proxy.limits.quota.tiers]] counts nothing: give it \
+         `calls`, `bytes` or both\n\
+         $DIR/portcullis.toml:45:8: error: `proxy.limits.quota.tiers.keys` is empty: name the \
+         API key ids the tier applies to"
+    );
+}
+
+/// Limits reach the routes they cover, with the defaults filled in.
+#[test]
+fn rate_limits_and_quotas_compile_onto_their_routes() {
+    let f = Fixture::new();
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"a\"\nproduct = \"shop\"\npath = \"/a\"\npool = \"api\"\n\
+         [[routes]]\nname = \"b\"\npath = \"/b\"\npool = \"api\"\n\
+         [[routes]]\nname = \"c\"\npath = \"/c\"\npool = \"api\"\n\
+         \n[proxy.limits]\nstate_file = \"quotas.json\"\n\
+         [[proxy.limits.rate]]\nname = \"everyone\"\nby = [\"ip\"]\nipv6_prefix = 64\nrequests = 100\nper = \"1m\"\n\
+         [[proxy.limits.rate]]\nname = \"shop\"\nby = [\"api_key\", \"claim:sub\"]\nproducts = [\"shop\"]\n\
+         requests = 10\nper = \"1s\"\nburst = 20\ntiers = [{{ keys = [\"gold\"], requests = 50 }}]\n\
+         [[proxy.limits.quota]]\nname = \"b-daily\"\nby = [\"header:X-Tenant\"]\nroutes = [\"b\"]\n\
+         period = \"day\"\nbytes = \"1MiB\"\n"
+    );
+    let cfg = f.load(&config).expect("valid");
+    let route = |name: &str| {
+        cfg.proxy
+            .routes
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.auth.limits.clone())
+            .expect("limits")
+    };
+    let (a, b, c) = (route("a"), route("b"), route("c"));
+    assert_eq!((a.rates.clone(), a.quotas.clone()), (vec![0, 1], vec![]));
+    assert_eq!((b.rates.clone(), b.quotas.clone()), (vec![0], vec![0]));
+    assert_eq!((c.rates.clone(), c.quotas.clone()), (vec![0], vec![]));
+    let limits = &a.config;
+    assert_eq!(limits.headers, portcullis::config::HeaderStyle::Ietf);
+    assert!(!limits.headers_on_success);
+    assert_eq!(limits.max_tracked_keys, 100_000);
+    assert_eq!(limits.quota_status, 403);
+    assert_eq!(limits.prune_interval, Duration::from_secs(60));
+    assert_eq!(limits.flush_interval, Duration::from_secs(30));
+    assert_eq!(
+        limits.state_file.as_deref(),
+        Some(f.dir.path().join("quotas.json").as_path())
+    );
+    assert_eq!(limits.rates[0].burst, 100, "burst defaults to requests");
+    assert_eq!(limits.rates[0].key.ipv4_prefix, 32);
+    assert_eq!(limits.rates[0].key.ipv6_prefix, 64);
+    assert_eq!(limits.rates[1].burst, 20);
+    assert_eq!(limits.rates[1].tiers[0].burst, 50);
+    assert_eq!(
+        limits.rates[1].key.parts,
+        vec![
+            portcullis::config::KeyPart::ApiKey,
+            portcullis::config::KeyPart::Claim("sub".into())
+        ]
+    );
+    assert_eq!(limits.quotas[0].bytes, Some(1 << 20));
+    assert_eq!(limits.quotas[0].calls, None);
+}
+
+/// Backend credentials: every mistake at its key, and never a secret in a message.
+#[test]
+fn backend_auth_mistakes() {
+    let f = Fixture::new();
+    f.file("empty.secret", "\n");
+    let config = format!(
+        "{USERSPACE}\n[[pools]]\nname = \"a\"\nendpoints = [\"127.0.0.1:9001\"]\n[pools.auth]\n\
+         type = \"basic\"\nusername = \"gate:way\"\npassword_file = \"missing.pass\"\n\
+         scope = \"x\"\n\n[[pools]]\nname = \"b\"\nendpoints = [\"127.0.0.1:9002\"]\n[pools.auth]\n\
+         type = \"client_credentials\"\ntoken_url = \"http://idp.example.com/token\"\n\
+         client_id = \"gw\"\nclient_secret_file = \"empty.secret\"\nrefresh_before = \"2h\"\n\
+         \n[[pools]]\nname = \"c\"\nendpoints = [\"127.0.0.1:9003\"]\n[pools.auth]\n\
+         type = \"client_credentials\"\ntoken_url = \"https://idp.example.com/token\"\n\
+         client_id = \"gw\"\nclient_secret_env = \"PORTCULLIS_TEST_UNSET_SECRET\"\n\
+         client_secret_file = \"empty.secret\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:9:12: error: `pools.auth.username`: invalid value `gate:way`: HTTP \
+         Basic user names cannot contain `:` (RFC 7617)\n\
+         $DIR/portcullis.toml:10:17: error: `pools.auth.password_file`: invalid value \
+         `missing.pass`: cannot read it: No such file or directory (os error 2)\n\
+         $DIR/portcullis.toml:11:9: error: `pools.auth.scope` applies only with `type = \
+         \"client_credentials\"`\n\
+         $DIR/portcullis.toml:18:13: error: `pools.auth.token_url`: invalid value \
+         `http://idp.example.com/token`: is plain http:// to a host that is not loopback: the \
+         client secret would travel in clear; use https:// with `ca`\n\
+         $DIR/portcullis.toml:20:22: error: `pools.auth.client_secret_file`: invalid value \
+         `empty.secret`: the file's first line is empty\n\
+         $DIR/portcullis.toml:21:18: error: `pools.auth.refresh_before`: invalid duration `2h`: \
+         must be at most 1h\n\
+         $DIR/portcullis.toml:28:13: error: `pools.auth.token_url`: invalid value \
+         `https://idp.example.com/token`: is https:// but there is no `ca`: name the PEM bundle \
+         of the CA that signed the token endpoint's certificate\n\
+         $DIR/portcullis.toml:30:21: error: `pools.auth.client_secret_env`: invalid value \
+         `PORTCULLIS_TEST_UNSET_SECRET`: give the secret one way: `client_secret_file` or \
+         `client_secret_env`, not both"
+    );
+}
+
+#[test]
+fn abuse_section_mistakes() {
+    let f = Fixture::new();
+    let config = format!(
+        "{KERNEL}\n[abuse]\nmode = \"block\"\noffender_memory = \"90d\"\n\
+         [[abuse.rules]]\nkind = \"login\"\nthreshold = 20\n\
+         [[abuse.rules]]\nkind = \"rate_limit\"\nthreshold = 2000000\nwindow = \"0s\"\n\
+         [[abuse.rules]]\nkind = \"rate_limit\"\nthreshold = 5\nban = \"1h\"\nmax_ban = \"10m\"\n\
+         escalation = \"triple\"\n[abuze]\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:5:8: error: `abuse.mode`: unknown value `block`; expected one of: \
+         enforce, report\n\
+         $DIR/portcullis.toml:6:19: error: `abuse.offender_memory`: invalid duration `90d`: must \
+         be at most 30days\n\
+         $DIR/portcullis.toml:8:8: error: `abuse.rules.kind`: unknown value `login`; expected \
+         one of: auth_failure, rate_limit, validation\n\
+         $DIR/portcullis.toml:12:13: error: `abuse.rules.threshold`: 2000000 is out of range; \
+         expected 1 to 1000000\n\
+         $DIR/portcullis.toml:13:10: error: `abuse.rules.window`: invalid duration `0s`: must be \
+         greater than zero\n\
+         $DIR/portcullis.toml:15:8: error: `abuse.rules.kind`: `rate_limit` is listed more than \
+         once\n\
+         $DIR/portcullis.toml:18:11: error: `abuse.rules.max_ban` (10m) must be at least \
+         `abuse.rules.ban` (1h)\n\
+         $DIR/portcullis.toml:19:14: error: `abuse.rules.escalation`: unknown value `triple`; \
+         expected one of: none, double\n\
+         $DIR/portcullis.toml:20:2: error: unknown key `abuze` in the top level; did you mean \
+         `abuse`?"
+    );
+}
+
+#[test]
+fn abuse_section_compiles_and_defaults_are_secure() {
+    use portcullis::config::{AbuseConfig, AbuseKind, Escalation, load_with_abuse};
+    let f = Fixture::new();
+    let path = f.file("portcullis.toml", KERNEL);
+    let (_, abuse) = load_with_abuse(&path).expect("loads");
+    assert_eq!(abuse, AbuseConfig::default());
+    assert!(abuse.enabled && abuse.mode == Mode::Enforce);
+    let auth = abuse.rule(AbuseKind::AuthFailure).expect("an auth rule");
+    assert_eq!(
+        (
+            auth.threshold,
+            auth.window,
+            auth.ban,
+            auth.escalation,
+            auth.max_ban
+        ),
+        (
+            20,
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            Escalation::Double,
+            Duration::from_secs(86_400)
+        )
+    );
+
+    let path = f.file(
+        "portcullis.toml",
+        format!(
+            "{KERNEL}\n[abuse]\nmode = \"report\"\n[[abuse.rules]]\nkind = \"validation\"\n\
+             threshold = 3\nban = \"30s\"\n"
+        ),
+    );
+    let (_, abuse) = load_with_abuse(&path).expect("loads");
+    assert_eq!(abuse.mode, Mode::Report);
+    assert_eq!(abuse.rules.len(), 1, "written rules replace the defaults");
+    let v = &abuse.rules[0];
+    assert_eq!(
+        (v.kind, v.threshold, v.ban),
+        (AbuseKind::Validation, 3, Duration::from_secs(30))
+    );
+    assert_eq!(v.max_ban, Duration::from_secs(86_400));
 }

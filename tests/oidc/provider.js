@@ -14,6 +14,9 @@
 //   (hostile and well-formed) signed exactly as the provider signs: `{"keys":[{"jwk": <private
 //   JWK>, "pkcs8": <hex DER>, "spki_pem": <PEM>, "spki_der": <hex DER>, "pkcs1_pem": <PEM,
 //   RSA only>}]}`.
+// - `GET /test/token-count`: `{"count": n}`, how many token requests were made (a gateway
+//   fetching tokens for a backend must reuse them). `OIDC_ACCESS_TOKEN_TTL` sets the tokens'
+//   lifetime in seconds (default 3600).
 // - `GET /test/jwks-count`: `{"count": n}`, how many JWKS requests were served, so a test can
 //   bound the fetches a flood of unknown `kid`s causes.
 
@@ -21,6 +24,9 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID } fr
 import http from 'node:http';
 
 import Provider from 'oidc-provider';
+
+/** Lifetime of access tokens in seconds (`OIDC_ACCESS_TOKEN_TTL`; short ones test refreshes). */
+const ACCESS_TOKEN_TTL = Number(process.env.OIDC_ACCESS_TOKEN_TTL ?? 3600);
 
 /** The audience (RFC 8707 resource indicator) every access token is issued for. */
 const RESOURCE = process.env.OIDC_RESOURCE || 'https://api.portcullis.test';
@@ -72,7 +78,7 @@ function buildProvider(issuer, keys) {
           return {
             scope: 'api:read api:write',
             audience: RESOURCE,
-            accessTokenTTL: 3600,
+            accessTokenTTL: ACCESS_TOKEN_TTL,
             accessTokenFormat: 'jwt',
             jwt: { sign: { alg: CLIENTS[client.clientId]?.alg ?? 'RS256' } },
           };
@@ -117,6 +123,7 @@ const port = Number(process.argv[2] ?? process.env.PORT ?? 0);
 let keys = generateKeys();
 let handler = null;
 let jwksRequests = 0;
+let tokenRequests = 0;
 
 const server = http.createServer((req, res) => {
   const path = (req.url ?? '').split('?')[0];
@@ -128,8 +135,15 @@ const server = http.createServer((req, res) => {
     json(res, { count: jwksRequests });
     return;
   }
+  if (req.method === 'GET' && path === '/test/token-count') {
+    json(res, { count: tokenRequests });
+    return;
+  }
   if (path === '/jwks') {
     jwksRequests += 1;
+  }
+  if (req.method === 'POST' && path === '/token') {
+    tokenRequests += 1;
   }
   if (req.method === 'POST' && req.url === '/test/rotate') {
     // New keys first: oidc-provider signs with the first key that fits the algorithm.

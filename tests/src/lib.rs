@@ -10,6 +10,7 @@ pub mod packets;
 pub mod pins;
 pub mod pki;
 pub mod proxy_config;
+pub mod redis;
 
 /// Whether this process may load XDP programs and create namespaces.
 pub fn privileged() -> bool {

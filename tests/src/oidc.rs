@@ -74,7 +74,20 @@ impl OidcProvider {
 
     /// Starts the provider on `port` (0: any) and waits for its READY line.
     pub fn start_on(port: u16) -> Self {
-        let mut child = Command::new("node")
+        Self::launch(port, None)
+    }
+
+    /// Starts the provider with access tokens that live `ttl_secs` seconds.
+    pub fn start_with_token_ttl(ttl_secs: u64) -> Self {
+        Self::launch(0, Some(ttl_secs))
+    }
+
+    fn launch(port: u16, token_ttl: Option<u64>) -> Self {
+        let mut command = Command::new("node");
+        if let Some(ttl) = token_ttl {
+            command.env("OIDC_ACCESS_TOKEN_TTL", ttl.to_string());
+        }
+        let mut child = command
             .arg(project_dir().join("provider.js"))
             .arg(port.to_string())
             .stdin(Stdio::null())
@@ -186,6 +199,13 @@ impl OidcProvider {
     /// How many JWKS requests the provider has served so far (`GET /test/jwks-count`).
     pub fn jwks_count(&self) -> u64 {
         let body = self.request("GET", "/test/jwks-count", "");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("count answer JSON");
+        json["count"].as_u64().expect("count number")
+    }
+
+    /// How many token requests the provider has answered (`GET /test/token-count`).
+    pub fn token_count(&self) -> u64 {
+        let body = self.request("GET", "/test/token-count", "");
         let json: serde_json::Value = serde_json::from_slice(&body).expect("count answer JSON");
         json["count"].as_u64().expect("count number")
     }

@@ -287,6 +287,18 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
+/// SHA-256 of `data`, computed independently of the code under test (rustls's ring provider).
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let hash = suite.tls13().expect("tls13 suite").common.hash_provider;
+    hash.hash(data).as_ref().to_vec()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,16 +347,4 @@ mod tests {
             assert!(text.starts_with("-----BEGIN "), "{}", p.display());
         }
     }
-}
-
-/// SHA-256 of `data`, computed independently of the code under test (rustls's ring provider).
-pub fn sha256(data: &[u8]) -> Vec<u8> {
-    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
-    let hash = suite.tls13().expect("tls13 suite").common.hash_provider;
-    hash.hash(data).as_ref().to_vec()
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

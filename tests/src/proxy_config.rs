@@ -55,6 +55,7 @@ pub fn orders_route(backend: &Backend, auth: RouteAuth) -> ProxyConfig {
             max_body_bytes: 1 << 16,
             websocket: false,
             auth,
+            cors: None,
         }],
         pools: vec![PoolConfig {
             name: "orders".into(),
@@ -71,6 +72,7 @@ pub fn orders_route(backend: &Backend, auth: RouteAuth) -> ProxyConfig {
                 ejection_time: Duration::from_secs(1),
             },
             idle_timeout: Duration::from_secs(10),
+            auth: None,
         }],
         token_providers: vec![],
         api_keys: None,

@@ -81,6 +81,7 @@ async fn gateway() -> (Proxy, std::net::SocketAddr, Backend) {
             max_body_bytes: 1 << 20,
             websocket: false,
             auth: Default::default(),
+            cors: None,
         }],
         pools: vec![PoolConfig {
             name: "p".into(),
@@ -97,6 +98,7 @@ async fn gateway() -> (Proxy, std::net::SocketAddr, Backend) {
                 ejection_time: Duration::from_secs(1),
             },
             idle_timeout: Duration::from_secs(5),
+            auth: None,
         }],
         token_providers: vec![],
         api_keys: None,

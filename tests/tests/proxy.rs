@@ -60,6 +60,7 @@ fn pool(name: &str, endpoints: Vec<Endpoint>) -> PoolConfig {
             ejection_time: Duration::from_secs(30),
         },
         idle_timeout: Duration::from_secs(30),
+        auth: None,
     }
 }
 
@@ -80,6 +81,7 @@ fn route(name: &str, path: &str, pool: usize) -> RouteConfig {
         max_body_bytes: 1024,
         websocket: false,
         auth: Default::default(),
+        cors: None,
     }
 }
 
@@ -833,6 +835,7 @@ async fn tls_to_backends_is_verified_against_the_pool_ca() {
             roots: pki.roots(),
             ca_file: "ca.pem".into(),
             server_name: Some("backend.internal".into()),
+            client_identity: None,
         });
         p
     };

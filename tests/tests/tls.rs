@@ -324,6 +324,7 @@ async fn upstream_client_verifies_the_backend_ca() {
         roots: pki.roots(),
         ca_file: PathBuf::from("ca.crt"),
         server_name: Some("backend.test".into()),
+        client_identity: None,
     };
     let config = upstream_client_config(Some(&upstream), &[b"h2", b"http/1.1"]);
 

@@ -46,6 +46,7 @@ pub(crate) fn compile(raw: RawConfig, d: &mut Diagnostics) -> Config {
         log: raw.log.map(log).unwrap_or_default(),
         proxy,
         admin: admin.config,
+        cluster: super::cluster::compile(raw.cluster, d),
     }
 }
 

@@ -302,6 +302,9 @@ pub enum ErrorKind {
          naming the key file"
     )]
     ApiKeyWithoutKeys,
+    /// A quota (or a quota tier) with neither `calls` nor `bytes`.
+    #[error("{table} counts nothing: give it `calls`, `bytes` or both")]
+    QuotaCountsNothing { table: &'static str },
     /// `[routes.client_cert]` while no listener asks for client certificates.
     #[error(
         "[routes.client_cert]: the route requires a client certificate, but no listener asks \

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::cluster::ClusterConfig;
 use super::proxy_model::{AdminConfig, ProxyConfig};
 use crate::rules::RuleSet;
 
@@ -20,6 +21,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The local admin endpoint.
     pub admin: AdminConfig,
+    /// `[cluster]`: the shared Redis; `None` when the section is absent.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[kernel]`: the XDP layer.

@@ -182,7 +182,7 @@ pub(crate) fn proxy(
     // Declared even when refused, so routes requiring keys are not also reported.
     let api_keys_declared = !matches!(raw.api_keys, Field::Absent);
     let api_keys = api_keys::api_keys(&raw.api_keys, d);
-    let routes = routes::routes(
+    let mut routes = routes::routes(
         raw.routes,
         &pool_names,
         &provider_names,
@@ -193,6 +193,11 @@ pub(crate) fn proxy(
     if let Some(keys) = &api_keys {
         api_keys::check_scopes(keys, &routes, d);
     }
+    super::limits::attach(
+        raw.proxy.as_ref().and_then(|p| p.limits.as_ref()),
+        &mut routes,
+        d,
+    );
     ProxyConfig {
         listeners,
         trusted,
@@ -628,6 +633,10 @@ fn pools(raw: Vec<RawPool>, d: &mut Diagnostics) -> (Vec<PoolConfig>, Vec<Option
             health: p.health.as_ref().map(|h| health(h, d)),
             passive: passive(p.passive.as_ref(), d),
             idle_timeout: idle_timeout.value_or(defaults::POOL_IDLE_TIMEOUT),
+            auth: p
+                .auth
+                .as_ref()
+                .and_then(|a| super::backend_auth::backend_auth(a, d)),
         });
     }
     (pools, pool_names)
@@ -762,6 +771,12 @@ fn upstream_tls(raw: &RawPoolTls, d: &mut Diagnostics) -> Option<UpstreamTls> {
         roots: std::sync::Arc::new(roots),
         ca_file,
         server_name,
+        client_identity: super::backend_auth::client_identity(
+            &raw.client_cert,
+            &raw.client_key,
+            &raw.header,
+            d,
+        ),
     })
 }
 

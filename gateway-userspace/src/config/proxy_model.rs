@@ -63,6 +63,8 @@ pub struct RouteAuth {
     pub api_key: bool,
     /// A verified client certificate matching the route's rules (mTLS).
     pub client_cert: Option<RouteClientCert>,
+    /// Rate limits and quotas covering the route (`[proxy.limits]`), checked after identity.
+    pub limits: Option<Arc<super::limits::RouteLimits>>,
 }
 
 /// A route that requires a client certificate (`[routes.client_cert]`).
@@ -217,6 +219,9 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// Identity requirements: token, API key, client certificate (any combination).
     pub auth: RouteAuth,
+    /// CORS answered by the gateway (`[routes.cors]`); `None`: the gateway adds no CORS
+    /// headers and passes the backend's through.
+    pub cors: Option<Arc<crate::proxy::cors::CorsPolicy>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +263,8 @@ pub struct PoolConfig {
     pub passive: PassiveEjection,
     /// Idle pooled connections are closed after this long.
     pub idle_timeout: Duration,
+    /// How the gateway authenticates itself to the backends (`[pools.auth]`).
+    pub auth: Option<crate::proxy::backend_auth::BackendAuthConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,7 +298,35 @@ pub struct UpstreamTls {
     pub ca_file: PathBuf,
     /// Name checked against the backend certificate; default: the endpoint host.
     pub server_name: Option<String>,
+    /// The gateway's client certificate for backends that require mTLS.
+    pub client_identity: Option<ClientIdentity>,
 }
+
+/// A certificate chain and its private key, presented to backends.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    pub key: Arc<rustls_pki_types::PrivateKeyDer<'static>>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    // The key stays out of debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for ClientIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain && self.key.secret_der() == other.key.secret_der()
+    }
+}
+impl Eq for ClientIdentity {}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {

@@ -34,12 +34,17 @@ impl RawAdmin {
 #[derive(Default)]
 pub(crate) struct RawProxy {
     pub drain_timeout: Field<String>,
+    /// `[proxy.limits]`: rate limits and quotas; `None` when absent or not a table (reported).
+    pub limits: Option<super::limits::RawLimits>,
 }
 
 impl RawProxy {
     pub(crate) fn read(mut t: Table, d: &mut Diagnostics) -> Self {
         let raw = Self {
             drain_timeout: t.value("drain_timeout", d),
+            limits: t
+                .table("limits", d)
+                .read_optional(d, super::limits::RawLimits::read),
         };
         t.finish(d);
         raw
@@ -206,6 +211,8 @@ pub(crate) struct RawPool {
     pub protocol: Field<UpstreamProtocol>,
     pub idle_timeout: Field<String>,
     pub tls: Option<RawPoolTls>,
+    /// `[pools.auth]`: `None` when absent or not a table (reported).
+    pub auth: Option<super::backend_auth::RawBackendAuth>,
     pub health: Option<RawHealth>,
     /// `None` when `passive` is not a table (reported); absent reads as all defaults.
     pub passive: Option<RawPassive>,
@@ -220,6 +227,9 @@ impl RawPool {
             protocol: t.keyword("protocol", d),
             idle_timeout: t.value("idle_timeout", d),
             tls: t.table("tls", d).read_optional(d, RawPoolTls::read),
+            auth: t
+                .table("auth", d)
+                .read_optional(d, super::backend_auth::RawBackendAuth::read),
             health: t.table("health", d).read_optional(d, RawHealth::read),
             passive: t.table("passive", d).read_or_default(d, RawPassive::read),
         };
@@ -230,15 +240,21 @@ impl RawPool {
 
 /// `[pools.tls]`.
 pub(crate) struct RawPoolTls {
+    pub header: Span,
     pub ca: Option<Spanned<String>>,
     pub server_name: Field<String>,
+    pub client_cert: Field<String>,
+    pub client_key: Field<String>,
 }
 
 impl RawPoolTls {
     fn read(mut t: Table, d: &mut Diagnostics) -> Self {
         let raw = Self {
+            header: t.span().clone(),
             ca: t.required("ca", d),
             server_name: t.value("server_name", d),
+            client_cert: t.value("client_cert", d),
+            client_key: t.value("client_key", d),
         };
         t.finish(d);
         raw
@@ -314,6 +330,8 @@ pub(crate) struct RawRoute {
     pub api_key: Field<bool>,
     /// `[routes.client_cert]`: `None` when absent or not a table (reported).
     pub client_cert: Option<super::client_certs::RawRouteClientCert>,
+    /// `[routes.cors]`: `None` when absent or not a table (reported).
+    pub cors: Option<super::cors::RawCors>,
 }
 
 impl RawRoute {
@@ -336,6 +354,9 @@ impl RawRoute {
             client_cert: t
                 .table("client_cert", d)
                 .read_optional(d, super::client_certs::RawRouteClientCert::read),
+            cors: t
+                .table("cors", d)
+                .read_optional(d, super::cors::RawCors::read),
         };
         t.finish(d);
         raw

@@ -10,6 +10,7 @@
 use toml::Spanned;
 use toml::de::DeTable;
 
+use super::cluster::RawCluster;
 use super::model::{AttachMode, LogFormat, LogLevel};
 use super::proxy_raw::{
     RawAdmin, RawApiKeys, RawListener, RawPool, RawProxy, RawRoute, RawTokenProvider,
@@ -39,6 +40,7 @@ pub(crate) struct RawConfig {
     pub token_providers: Vec<RawTokenProvider>,
     pub api_keys: Field<RawApiKeys>,
     pub routes: Vec<RawRoute>,
+    pub cluster: Option<RawCluster>,
 }
 
 impl RawConfig {
@@ -82,6 +84,7 @@ impl RawConfig {
                 .into_iter()
                 .map(|t| RawRoute::read(t, d))
                 .collect(),
+            cluster: root.table("cluster", d).read_optional(d, RawCluster::read),
         };
         root.finish(d);
         raw

@@ -92,6 +92,10 @@ fn route(
         p.get_ref().clone()
     });
     let methods = methods(&r.methods, "routes.methods", d);
+    let cors = r
+        .cors
+        .as_ref()
+        .map(|c| std::sync::Arc::new(super::cors::policy(c, &methods, d)));
     let clean = d.error_count() == errors_before
         && r.path.is_some()
         && !matches!(r.hosts, Field::Invalid)
@@ -149,7 +153,10 @@ fn route(
                 client_cert: r.client_cert.as_ref().map(|c| {
                     super::client_certs::route(c, r.token.is_some(), client_certs_offered, d)
                 }),
+                // Filled in by `super::limits::attach` once every route is known.
+                limits: None,
             },
+            cors,
         },
         header: r.header,
         clean,

@@ -16,12 +16,16 @@ use std::borrow::Cow;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::Value;
 
+use super::abuse::{AbuseKind, Escalation};
+use super::backend_auth::AuthKind as BackendAuthKind;
 use super::client_certs::RevocationDepth;
+use super::cluster::FailMode;
 use super::model::{AttachMode, LogFormat, LogLevel};
 use super::proxy_model::{Balance, ClientIpHeader, TlsVersion, UpstreamProtocol};
 use super::proxy_raw::{ClaimOp, HttpMode, ListenerProtocol, PathMatchKind};
 use super::reader::Keyword;
 use crate::identity::mtls::ClientAuth;
+use crate::proxy::backend_auth::ClientAuthMethod;
 use crate::rules::{Mode, UnknownCountry};
 
 /// The JSON Schema (draft 2020-12) of the Portcullis config file, as TOML converted to JSON.
@@ -110,6 +114,9 @@ keyword_schema!(
     ClaimOp,
     ClientAuth,
     RevocationDepth,
+    AbuseKind,
+    Escalation,
+    FailMode,
 );
 
 /// A string schema with a pattern the reader's own check is stricter than or equal to.
@@ -181,6 +188,94 @@ struct ConfigFile {
     api_keys: Option<ApiKeysSection>,
     /// Routes: which requests go to which pool. Matched most specific first.
     routes: Option<Vec<Route>>,
+    /// Abuse bans: repeated refusals from one client become a kernel (or userspace) ban.
+    abuse: Option<AbuseSection>,
+    /// Cluster mode: the Redis that gateways share rate limits, quotas and bans through.
+    cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: the shared Redis. Absent: no cluster mode.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Cluster {
+    /// Redis as "host:port", "203.0.113.5:6379" or "[2001:db8::5]:6379"; a name is resolved at
+    /// each connect. Plain TCP (no TLS).
+    redis: String,
+    /// The ACL user to authenticate as (Redis 6 and later); needs a password.
+    username: Option<String>,
+    /// An environment variable holding the password. Wins over password_file when set.
+    password_env: Option<String>,
+    /// A file holding the password (one trailing newline ignored), read at each connect.
+    password_file: Option<FilePath>,
+    /// Prepended to every key and to the ban channel: at most 64 printable ASCII characters.
+    #[schemars(extend("default" = "portcullis:"))]
+    key_prefix: Option<String>,
+    /// Each call's limit; past it the call counts as Redis being unavailable. At most 10s.
+    #[schemars(extend("default" = "50ms"))]
+    timeout: Option<DurationStr>,
+    /// Time allowed to connect and authenticate. At most 1m.
+    #[schemars(extend("default" = "1s"))]
+    connect_timeout: Option<DurationStr>,
+    /// First pause before reconnecting, doubled after each failure. At most 10m.
+    #[schemars(extend("default" = "100ms"))]
+    reconnect_backoff: Option<DurationStr>,
+    /// Longest pause between reconnection attempts; at least reconnect_backoff. At most 10m.
+    #[schemars(extend("default" = "5s"))]
+    reconnect_backoff_max: Option<DurationStr>,
+    /// When Redis cannot answer: open judges rate limits locally only, closed refuses.
+    #[schemars(extend("default" = "open"))]
+    rate_limits: Option<FailMode>,
+    /// When Redis cannot answer: open skips the shared quotas, closed refuses.
+    #[schemars(extend("default" = "open"))]
+    quotas: Option<FailMode>,
+    /// When Redis cannot answer: open keeps local bans only, closed refuses.
+    #[schemars(extend("default" = "open"))]
+    bans: Option<FailMode>,
+}
+
+/// `[abuse]`: when refusals from one client become a ban (docs/abuse-bans.md).
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct AbuseSection {
+    /// Count refusals and ban abusive clients.
+    #[schemars(extend("default" = true))]
+    enabled: Option<bool>,
+    /// enforce: ban. report: log and count "would ban", ban nothing.
+    #[schemars(extend("default" = "enforce"))]
+    mode: Option<Mode>,
+    /// Clients counted at once; past it idle ones are pruned and new ones go uncounted.
+    #[schemars(range(min = 1, max = 10_000_000), extend("default" = 100000))]
+    max_tracked_clients: Option<i64>,
+    /// How long a past ban makes the next one of the same client longer. At most 30 days.
+    #[schemars(extend("default" = "24h"))]
+    offender_memory: Option<DurationStr>,
+    /// The rules, at most one per kind. Absent: auth_failure 20, rate_limit 100 and
+    /// validation 10 refusals per 60s, each banning for 10m, doubling up to 24h.
+    rules: Option<Vec<AbuseRuleSection>>,
+}
+
+/// One `[[abuse.rules]]` entry.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct AbuseRuleSection {
+    /// auth_failure: token_invalid, token_request_invalid, key_invalid. rate_limit:
+    /// rate_limited. validation: validation_failed.
+    kind: AbuseKind,
+    /// Refusals within the window that trigger a ban.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    threshold: i64,
+    /// The sliding window. At most 1h.
+    #[schemars(extend("default" = "60s"))]
+    window: Option<DurationStr>,
+    /// The first ban's length. At most 30 days.
+    #[schemars(extend("default" = "10m"))]
+    ban: Option<DurationStr>,
+    /// double: each ban within offender_memory of the previous one lasts twice as long.
+    #[schemars(extend("default" = "double"))]
+    escalation: Option<Escalation>,
+    /// The longest a ban grows to; at least `ban`, at most 30 days.
+    #[schemars(extend("default" = "24h"))]
+    max_ban: Option<DurationStr>,
 }
 
 /// `[kernel]`: the XDP layer.
@@ -281,6 +376,8 @@ struct Proxy {
     /// Grace period for in-flight requests on shutdown. Greater than zero, at most 10m.
     #[schemars(extend("default" = "30s"))]
     drain_timeout: Option<DurationStr>,
+    /// Rate limits and quotas (docs/rate-limits.md).
+    limits: Option<LimitsSection>,
 }
 
 /// `[trusted_proxies]`: the only peers whose word about the client address is taken.
@@ -473,6 +570,8 @@ struct Pool {
     idle_timeout: Option<DurationStr>,
     /// TLS to the backends, verified against a CA bundle.
     tls: Option<PoolTls>,
+    /// How the gateway authenticates itself to the backends.
+    auth: Option<PoolAuth>,
     /// Active health checks; without this section, none.
     health: Option<Health>,
     /// Passive ejection on connect errors and 5xx responses.
@@ -488,6 +587,66 @@ struct PoolTls {
     /// Name checked against backend certificates (a DNS name or IP address); default: the
     /// endpoint's host.
     server_name: Option<String>,
+    /// The gateway's PEM certificate chain for backends that require client certificates
+    /// (with client_key).
+    client_cert: Option<FilePath>,
+    /// The private key of client_cert (PEM, unencrypted).
+    client_key: Option<FilePath>,
+}
+
+keyword_schema!(BackendAuthKind, ClientAuthMethod);
+
+/// `[pools.auth]`: the gateway's credentials for the backends; the client's Authorization
+/// header is replaced by them.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields, transform = pool_auth_rules)]
+struct PoolAuth {
+    /// basic: HTTP Basic. client_credentials: an OAuth 2 token from token_url.
+    #[serde(rename = "type")]
+    kind: BackendAuthKind,
+    /// basic: the user name (no `:`).
+    username: Option<String>,
+    /// basic: a file whose first line is the password.
+    password_file: Option<FilePath>,
+    /// basic: an environment variable holding the password.
+    password_env: Option<String>,
+    /// client_credentials: the token endpoint; http:// only to loopback, https:// needs ca.
+    #[schemars(regex(pattern = r"^https?://"))]
+    token_url: Option<String>,
+    /// client_credentials: the client id.
+    client_id: Option<String>,
+    /// client_credentials: a file whose first line is the client secret.
+    client_secret_file: Option<FilePath>,
+    /// client_credentials: an environment variable holding the client secret.
+    client_secret_env: Option<String>,
+    /// client_credentials: how the secret is sent: basic (Authorization header) or post (form).
+    #[schemars(extend("default" = "basic"))]
+    client_auth: Option<ClientAuthMethod>,
+    /// client_credentials: the scope asked for.
+    scope: Option<String>,
+    /// client_credentials: the RFC 8707 resource (the backend's audience).
+    resource: Option<String>,
+    /// client_credentials: PEM bundle for an https token_url.
+    ca: Option<FilePath>,
+    /// client_credentials: replace a token this long before it expires. At most 1h.
+    #[schemars(extend("default" = "60s"))]
+    refresh_before: Option<DurationStr>,
+}
+
+/// Keys per type.
+fn pool_auth_rules(schema: &mut Schema) {
+    schema.insert(
+        "if".into(),
+        serde_json::json!({ "properties": { "type": { "const": "basic" } } }),
+    );
+    schema.insert(
+        "then".into(),
+        serde_json::json!({ "required": ["username"] }),
+    );
+    schema.insert(
+        "else".into(),
+        serde_json::json!({ "required": ["token_url", "client_id"] }),
+    );
 }
 
 /// `[pools.health]`: active health checks (GET probes).
@@ -564,6 +723,33 @@ struct Route {
     api_key: Option<bool>,
     /// Require a verified client certificate; needs a listener with [listeners.client_certs].
     client_cert: Option<RouteClientCertSection>,
+    /// CORS answered by the gateway; absent: no CORS headers are added.
+    cors: Option<RouteCors>,
+}
+
+/// `[routes.cors]`: which web origins may call the route from a browser.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct RouteCors {
+    /// "https://app.example.com", "https://*.example.com" (any subdomain), or "*" (any origin,
+    /// not with allow_credentials). No path, no `null`.
+    #[schemars(length(min = 1))]
+    allowed_origins: Vec<String>,
+    /// Methods a preflight may ask for; absent: the route's methods, or GET, HEAD, POST for a
+    /// route that takes any method.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
+    allowed_methods: Option<Vec<Method>>,
+    /// Request headers a preflight may ask for (Accept, Accept-Language, Content-Language need
+    /// not be listed).
+    allowed_headers: Option<Vec<String>>,
+    /// Response headers scripts may read.
+    exposed_headers: Option<Vec<String>>,
+    /// Allow cookies and credentials (Access-Control-Allow-Credentials).
+    #[schemars(extend("default" = false))]
+    allow_credentials: Option<bool>,
+    /// How long browsers may cache a preflight answer. At most 24h.
+    #[schemars(extend("default" = "10m"))]
+    max_age: Option<DurationStr>,
 }
 
 /// `[routes.client_cert]`: which client certificates may use the route. Every non-empty list
@@ -778,6 +964,120 @@ struct Timeouts {
     /// The whole exchange, response body included; at least response_headers. At most 24h.
     #[schemars(extend("default" = "60s"))]
     total: Option<DurationStr>,
+}
+
+keyword_schema!(super::limits::HeaderStyle, super::limits::Period);
+
+/// `[proxy.limits]`: rate limits and quotas, checked after identity, before the upstream.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct LimitsSection {
+    /// Budget headers: "ietf" (RateLimit-Policy and RateLimit), "legacy" (X-RateLimit-*) or
+    /// "none" (only Retry-After on refusals).
+    #[schemars(extend("default" = "ietf"))]
+    headers: Option<super::limits::HeaderStyle>,
+    /// Budget headers on forwarded responses too, not only on refusals.
+    #[schemars(extend("default" = false))]
+    headers_on_success: Option<bool>,
+    /// Keys each limit tracks; new keys beyond share one overflow budget. 1 to 10000000.
+    #[schemars(range(min = 1, max = 10_000_000), extend("default" = 100_000))]
+    max_tracked_keys: Option<i64>,
+    /// How often keys whose budget is full again are forgotten. At most 1h.
+    #[schemars(extend("default" = "1m"))]
+    prune_interval: Option<DurationStr>,
+    /// The status of an exhausted quota: 403 (as Azure API Management) or 429.
+    #[schemars(extend("enum" = [403, 429], "default" = 403))]
+    quota_status: Option<i64>,
+    /// Where quota counters survive restarts; absent: in memory only.
+    state_file: Option<FilePath>,
+    /// How often changed quota counters are written to the state file. At most 1h.
+    #[schemars(extend("default" = "30s"))]
+    flush_interval: Option<DurationStr>,
+    /// Rate limits (GCRA): `requests` per `per`, up to `burst` at once.
+    rate: Option<Vec<RateSection>>,
+    /// Quotas: calls and bytes per hour, day or month (UTC).
+    quota: Option<Vec<QuotaSection>>,
+}
+
+/// One `[[proxy.limits.rate]]`.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct RateSection {
+    /// Unique among limits and quotas; the policy name in headers and the log rule.
+    name: Name,
+    /// What a key is: "api_key", "ip", "route", "claim:<name>", "header:<name>"; empty: one
+    /// budget for every request covered.
+    by: Vec<String>,
+    /// Prefix length IPv4 clients are grouped by for "ip".
+    #[schemars(range(min = 0, max = 32), extend("default" = 32))]
+    ipv4_prefix: Option<i64>,
+    /// Prefix length IPv6 clients are grouped by for "ip" (64: one budget per /64).
+    #[schemars(range(min = 0, max = 128), extend("default" = 128))]
+    ipv6_prefix: Option<i64>,
+    /// Routes covered; with `products` absent too: every route.
+    routes: Option<Vec<Name>>,
+    /// Products covered.
+    products: Option<Vec<Name>>,
+    /// Requests per `per`.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    requests: i64,
+    /// The period of `requests`. At most 24h.
+    per: DurationStr,
+    /// Requests allowed at once; absent: `requests`.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    burst: Option<i64>,
+    /// Other rates for named API keys.
+    tiers: Option<Vec<RateTierSection>>,
+}
+
+/// One `[[proxy.limits.rate.tiers]]`.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct RateTierSection {
+    /// API key ids.
+    #[schemars(length(min = 1))]
+    keys: Vec<String>,
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    requests: i64,
+    /// Absent: the tier's `requests`.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    burst: Option<i64>,
+}
+
+/// One `[[proxy.limits.quota]]`: at least one of `calls` and `bytes`.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct QuotaSection {
+    /// Unique among limits and quotas.
+    name: Name,
+    /// As for rate limits.
+    by: Vec<String>,
+    #[schemars(range(min = 0, max = 32), extend("default" = 32))]
+    ipv4_prefix: Option<i64>,
+    #[schemars(range(min = 0, max = 128), extend("default" = 128))]
+    ipv6_prefix: Option<i64>,
+    routes: Option<Vec<Name>>,
+    products: Option<Vec<Name>>,
+    /// The calendar period, in UTC.
+    period: super::limits::Period,
+    /// Calls per period.
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    calls: Option<i64>,
+    /// Request and response body bytes per period.
+    bytes: Option<Size>,
+    /// Other quotas for named API keys; absent values keep the quota's.
+    tiers: Option<Vec<QuotaTierSection>>,
+}
+
+/// One `[[proxy.limits.quota.tiers]]`.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct QuotaTierSection {
+    #[schemars(length(min = 1))]
+    keys: Vec<String>,
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    calls: Option<i64>,
+    bytes: Option<Size>,
 }
 
 #[cfg(test)]
@@ -1043,7 +1343,28 @@ interfaces = ["eth0"]
 [log]
 [admin]
 [proxy]
+[proxy.limits]
+[[proxy.limits.rate]]
+name = "rl"
+requests = 10
+per = "1s"
+by = ["api_key"]
+[[proxy.limits.rate.tiers]]
+keys = ["k"]
+requests = 20
+[[proxy.limits.quota]]
+name = "q"
+period = "day"
+calls = 100
+by = ["api_key", "ip"]
+[[proxy.limits.quota.tiers]]
+keys = ["k"]
+calls = 200
 [trusted_proxies]
+[abuse]
+[[abuse.rules]]
+kind = "auth_failure"
+threshold = 5
 [[deny]]
 name = "d"
 [[listeners]]
@@ -1064,6 +1385,11 @@ name = "p"
 endpoints = ["127.0.0.1:1"]
 [pools.tls]
 ca = "c.pem"
+[pools.auth]
+type = "client_credentials"
+token_url = "http://127.0.0.1:9000/token"
+client_id = "gateway"
+client_secret_file = "keys.toml"
 [pools.health]
 path = "/"
 [pools.passive]
@@ -1079,6 +1405,8 @@ path = "/"
 pool = "p"
 [routes.timeouts]
 [routes.client_cert]
+[routes.cors]
+allowed_origins = ["https://app.example.com"]
 [routes.token]
 provider = "idp"
 [[routes.token.rules]]
@@ -1088,6 +1416,8 @@ any = []
 [[routes.token.claim_headers]]
 header = "x-user"
 claims = ["sub"]
+[cluster]
+redis = "127.0.0.1:6379"
 "#;
         fn fill(
             schema: &Value,
@@ -1191,7 +1521,11 @@ claims = ["sub"]
                 } else {
                     format!("{path}.{key}")
                 };
-                if p != "geo" && !written.contains(&p) {
+                // A secret is given one way, from a file or from the environment; the examples
+                // use files and docs/configuration.md shows the `_env` spelling.
+                let alternative =
+                    p == "pools.auth.password_env" || p == "pools.auth.client_secret_env";
+                if p != "geo" && !alternative && !written.contains(&p) {
                     missing.push(p);
                 }
             }

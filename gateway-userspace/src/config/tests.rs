@@ -144,7 +144,7 @@ fn unknown_sections_and_nested_keys() {
          attach_mode, pin_root, ban_sweep_interval\n\
          p.toml:5:2: error: unknown key `upstreams` in the top level; expected one of: kernel, allow, \
          deny, geo, log, admin, proxy, trusted_proxies, listeners, pools, token_providers, \
-         api_keys, routes\n\
+         api_keys, routes, cluster, abuse\n\
          p.toml:9:1: error: unknown key `mdoe` in [[deny]]; did you mean `mode`?"
     );
 }

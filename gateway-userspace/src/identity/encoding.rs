@@ -52,7 +52,23 @@ pub fn b64url_decode(input: &[u8]) -> Option<Vec<u8>> {
 
 /// Encodes unpadded base64url: API keys, RFC 8705 certificate thumbprints, test tokens.
 pub fn b64url_encode(input: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    encode(
+        input,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+        false,
+    )
+}
+
+/// Encodes padded standard base64 (RFC 4648 §4): HTTP Basic credentials.
+pub fn b64_encode(input: &[u8]) -> String {
+    encode(
+        input,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        true,
+    )
+}
+
+fn encode(input: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for c in input.chunks(3) {
         let n = (u32::from(c[0]) << 16)
@@ -60,7 +76,12 @@ pub fn b64url_encode(input: &[u8]) -> String {
             | u32::from(*c.get(2).unwrap_or(&0));
         let chars = c.len() + 1;
         for i in 0..chars {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+        if pad {
+            for _ in chars..4 {
+                out.push('=');
+            }
         }
     }
     out

@@ -1,9 +1,11 @@
-//! Identity phase (issue 4, in progress): token validation and API keys as libraries. They are
-//! not yet wired into the request path, the config or the CLI.
+//! Identity: JWT validation and OIDC provider keys (`jwt`, `oidc`, `validator`, `token_cache`),
+//! claims rules (`authz`), API keys (`api_keys`), client certificates (`mtls`). The request
+//! path calls them from `proxy::identity`; `fetch` is the HTTP exchange with identity endpoints.
 
 pub mod api_keys;
 pub mod authz;
-pub(crate) mod encoding;
+pub mod encoding;
+pub mod fetch;
 pub mod jwt;
 pub mod mtls;
 pub mod oidc;

@@ -39,15 +39,13 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use rustls::RootCertStore;
-use rustls_pki_types::ServerName;
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
+use crate::identity::fetch::{self, FetchError};
 use crate::identity::jwt::{Claims, JwksError, JwtError, KeySet, ValidationPolicy};
 
 /// SHA-256 of some bytes (key fingerprints, configuration fingerprints).
@@ -391,6 +389,7 @@ impl OidcProvider {
                 roots: Arc::clone(roots),
                 ca_file: Default::default(),
                 server_name: None,
+                client_identity: None,
             };
             TlsConnector::from(crate::proxy::tls::upstream_client_config(
                 Some(&upstream),
@@ -613,87 +612,41 @@ impl OidcProvider {
 
     /// GET with the deadline; returns the body and the `Cache-Control: max-age`.
     async fn get(&self, uri: &Uri) -> Result<(Bytes, Option<Duration>), OidcError> {
-        match tokio::time::timeout(self.inner.config.timeout, self.get_inner(uri)).await {
-            Ok(r) => r,
-            Err(_) => Err(OidcError::Timeout(uri.to_string())),
-        }
-    }
-
-    async fn get_inner(&self, uri: &Uri) -> Result<(Bytes, Option<Duration>), OidcError> {
         let url = uri.to_string();
-        let fetch_err = |reason: String| OidcError::Fetch {
-            url: url.clone(),
-            reason,
-        };
-        // check_url guaranteed a host and a scheme.
-        let host = uri.host().unwrap_or_default();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = TcpStream::connect((bare_host, port))
-            .await
-            .map_err(|e| fetch_err(format!("connect: {e}")))?;
-        let request = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(header::HOST, uri.authority().map_or(host, |a| a.as_str()))
+        let request = Request::get(uri.clone())
             .header(header::ACCEPT, "application/json")
-            .header(header::USER_AGENT, "portcullis")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| fetch_err(format!("request: {e}")))?;
-        let response = if https {
-            let Some(tls) = &self.inner.tls else {
-                return Err(OidcError::NoCaBundle(url));
-            };
-            let name = ServerName::try_from(bare_host.to_owned())
-                .map_err(|e| fetch_err(format!("server name: {e}")))?;
-            let stream = tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| fetch_err(format!("TLS: {e}")))?;
-            send(TokioIo::new(stream), request).await
-        } else {
-            send(TokioIo::new(tcp), request).await
-        }
-        .map_err(|e| fetch_err(format!("HTTP: {e}")))?;
-        if response.status() != StatusCode::OK {
+            .body(Full::<Bytes>::default())
+            .map_err(|e| OidcError::Fetch {
+                url: url.clone(),
+                reason: format!("request: {e}"),
+            })?;
+        let fetched = fetch::exchange(
+            self.inner.tls.as_ref(),
+            request,
+            self.inner.config.timeout,
+            MAX_RESPONSE_BYTES,
+        )
+        .await
+        .map_err(|e| match e {
+            FetchError::Failed { url, reason } => OidcError::Fetch { url, reason },
+            FetchError::NoCaBundle(url) => OidcError::NoCaBundle(url),
+            FetchError::TooLarge { url, .. } => OidcError::TooLarge(url),
+            FetchError::Timeout(url) => OidcError::Timeout(url),
+        })?;
+        if fetched.status != StatusCode::OK {
             return Err(OidcError::Status {
                 url,
-                status: response.status().as_u16(),
+                status: fetched.status.as_u16(),
             });
         }
-        let max_age = response
-            .headers()
+        let max_age = fetched
+            .headers
             .get_all(header::CACHE_CONTROL)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(parse_max_age);
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    OidcError::TooLarge(url.clone())
-                } else {
-                    fetch_err(format!("body: {e}"))
-                }
-            })?
-            .to_bytes();
-        Ok((body, max_age))
+        Ok((fetched.body, max_age))
     }
-}
-
-async fn send<T>(
-    io: TokioIo<T>,
-    request: Request<Empty<Bytes>>,
-) -> hyper::Result<http::Response<hyper::body::Incoming>>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    // The connection task ends with the response body (or an error); nothing to join.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender.send_request(request).await
 }
 
 /// `max-age` of one `Cache-Control` value (`no-store`/`no-cache` read as zero, which the

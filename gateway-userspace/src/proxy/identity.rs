@@ -155,7 +155,11 @@ pub async fn authenticate(
                 | E::MalformedCookie(_) => Denial::TokenInvalid,
                 _ => Denial::TokenRequestInvalid,
             };
-            return Err(refuse(denial, "identity", format!("token_source:{variant}")));
+            return Err(refuse(
+                denial,
+                "identity",
+                format!("token_source:{variant}"),
+            ));
         }
     };
     let Some(provider) = providers.get(requirement.provider) else {

@@ -4,8 +4,10 @@
 //! response (`headers`, `respond`) -> access log (`service`). `Proxy` owns the bound sockets
 //! and swaps the configuration generation on reload without closing any connection.
 
+pub mod backend_auth;
 pub mod backstop;
 pub mod client_ip;
+pub mod cors;
 pub mod headers;
 pub mod identity;
 pub mod listener;
@@ -105,7 +107,10 @@ impl Proxy {
     ) -> Result<Self, ProxyError> {
         let acceptors = Arc::new(ArcSwap::from_pointee(acceptors(cfg)?));
         let providers = identity::providers(cfg, &[])?;
-        let state = Arc::new(ArcSwap::new(ProxyState::new(cfg, backstop, providers)));
+        let limits = metrics.limits.adopt_routes(&cfg.routes);
+        let state = Arc::new(ArcSwap::new(ProxyState::new(
+            cfg, backstop, providers, limits,
+        )));
         let probe_state = state.clone();
         metrics.set_upstream_probe(Box::new(move || {
             let current = probe_state.load();
@@ -167,8 +172,9 @@ impl Proxy {
     /// address are unchanged keep their socket, so no connection is dropped.
     pub fn commit(&mut self, cfg: &ProxyConfig, prepared: Prepared, backstop: Backstop) {
         self.acceptors.store(Arc::new(prepared.acceptors));
+        let limits = self.metrics.limits.adopt_routes(&cfg.routes);
         self.state
-            .store(ProxyState::new(cfg, backstop, prepared.providers));
+            .store(ProxyState::new(cfg, backstop, prepared.providers, limits));
         for (name, bind, tcp, max) in prepared.added {
             self.spawn(name, bind, tcp, max);
         }

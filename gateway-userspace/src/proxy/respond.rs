@@ -62,8 +62,22 @@ pub enum Denial {
     CertificateRequired,
     /// The client certificate is valid but the route's rules do not admit it.
     CertificateRefused,
+    /// A rate limit's budget for the client is spent (429). Carries `Retry-After` in seconds
+    /// and the budget headers; never the key the budget belongs to.
+    RateLimited {
+        retry_after: u64,
+        headers: crate::limits::headers::BudgetHeaders,
+    },
+    /// A quota is used up for its period: 403 as Azure API Management answers, or 429.
+    QuotaExhausted {
+        retry_after: u64,
+        status: StatusCode,
+        headers: crate::limits::headers::BudgetHeaders,
+    },
     /// Every endpoint of the pool is unhealthy or ejected.
     NoHealthyUpstream,
+    /// The gateway has no credentials for the backend (its token endpoint is unreachable).
+    BackendAuthUnavailable,
     /// Connecting to the backend failed or it answered with something that is not HTTP.
     BadGateway,
     /// The backend did not answer within the route's timeouts.
@@ -85,7 +99,11 @@ impl Denial {
             Self::KeyMissing | Self::KeyInvalid => StatusCode::UNAUTHORIZED,
             Self::TokenMissing | Self::TokenInvalid => StatusCode::UNAUTHORIZED,
             Self::TokenRequestInvalid => StatusCode::BAD_REQUEST,
-            Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaExhausted { status, .. } => *status,
+            Self::NoHealthyUpstream | Self::BackendAuthUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -108,7 +126,10 @@ impl Denial {
             Self::KeyScope => "key_scope",
             Self::CertificateRequired => "client_cert_required",
             Self::CertificateRefused => "client_cert_refused",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::QuotaExhausted { .. } => "quota_exhausted",
             Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::BackendAuthUnavailable => "backend_auth_unavailable",
             Self::BadGateway => "bad_gateway",
             Self::GatewayTimeout => "gateway_timeout",
         }
@@ -129,8 +150,13 @@ impl Denial {
             | Self::KeyInvalid
             | Self::KeyScope
             | Self::CertificateRequired
-            | Self::CertificateRefused => Side::Client,
-            Self::NoHealthyUpstream | Self::BadGateway | Self::GatewayTimeout => Side::Upstream,
+            | Self::CertificateRefused
+            | Self::RateLimited { .. }
+            | Self::QuotaExhausted { .. } => Side::Client,
+            Self::NoHealthyUpstream
+            | Self::BackendAuthUnavailable
+            | Self::BadGateway
+            | Self::GatewayTimeout => Side::Upstream,
         }
     }
 
@@ -171,7 +197,17 @@ impl Denial {
             Self::CertificateRefused => {
                 "The client certificate is not allowed to use this route.".into()
             }
+            Self::RateLimited { retry_after, .. } => format!(
+                "The rate limit for this client is exhausted; retry after {retry_after} seconds."
+            ),
+            Self::QuotaExhausted { retry_after, .. } => format!(
+                "The quota for this client is used up for its period; it renews in \
+                 {retry_after} seconds."
+            ),
             Self::NoHealthyUpstream => "No healthy backend is available.".into(),
+            Self::BackendAuthUnavailable => {
+                "The gateway cannot authenticate to the backend right now.".into()
+            }
             Self::BadGateway => {
                 "The backend could not be reached or gave an invalid response.".into()
             }
@@ -201,6 +237,19 @@ pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(v) = denial.www_authenticate() {
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
+    }
+    if let Denial::RateLimited {
+        retry_after,
+        headers,
+    }
+    | Denial::QuotaExhausted {
+        retry_after,
+        headers,
+        ..
+    } = denial
+    {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        headers.apply(h);
     }
     if let Denial::MethodNotAllowed(methods) = denial {
         let allow = methods
@@ -253,7 +302,17 @@ mod tests {
             Denial::KeyScope,
             Denial::CertificateRequired,
             Denial::CertificateRefused,
+            Denial::RateLimited {
+                retry_after: 2,
+                headers: Default::default(),
+            },
+            Denial::QuotaExhausted {
+                retry_after: 3600,
+                status: StatusCode::FORBIDDEN,
+                headers: Default::default(),
+            },
             Denial::NoHealthyUpstream,
+            Denial::BackendAuthUnavailable,
             Denial::BadGateway,
             Denial::GatewayTimeout,
         ];

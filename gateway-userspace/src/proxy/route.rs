@@ -157,6 +157,7 @@ mod tests {
             max_body_bytes: 1024,
             websocket: false,
             auth: Default::default(),
+            cors: None,
         }
     }
 

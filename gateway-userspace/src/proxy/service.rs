@@ -55,6 +55,10 @@ pub struct ProxyState {
     pub drain_timeout: Duration,
     /// Dropping the state stops its health-check tasks.
     health_stop: tokio::sync::watch::Sender<bool>,
+    /// Rate limits and quotas of this generation, adopted from the process's `limits::Hub`
+    /// (which keeps the counters of unchanged limits across generations) when the generation
+    /// is built, so requests of an older generation never touch the newer one's state.
+    limits: Option<Arc<crate::limits::Active>>,
 }
 
 impl Drop for ProxyState {
@@ -69,6 +73,7 @@ impl ProxyState {
         cfg: &ProxyConfig,
         backstop: Backstop,
         providers: Vec<Arc<super::identity::TokenProvider>>,
+        limits: Option<Arc<crate::limits::Active>>,
     ) -> Arc<Self> {
         let pools: Vec<Arc<Pool>> = cfg.pools.iter().map(|p| Arc::new(Pool::new(p))).collect();
         let (health_stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -102,6 +107,7 @@ impl ProxyState {
             api_keys: cfg.api_keys.clone(),
             drain_timeout: cfg.drain_timeout,
             health_stop,
+            limits,
         })
     }
 
@@ -147,6 +153,10 @@ struct Exchange {
     upstream_headers_ms: Option<u64>,
     /// The API key's id (never the key).
     key_id: Option<Arc<str>>,
+    /// The route's CORS policy and the `Access-Control-Allow-Origin` this request gets.
+    cors: Option<(Arc<super::cors::CorsPolicy>, Option<HeaderValue>)>,
+    /// What the rate limits and quotas admitted (budget headers, bytes still to count).
+    limits: Option<crate::limits::Admitted>,
     phase: &'static str,
     decision: &'static str,
     rule: String,
@@ -156,6 +166,9 @@ struct Exchange {
 
 impl Exchange {
     fn finish(self, bytes_out: u64) {
+        if let Some(admitted) = &self.limits {
+            admitted.charge_bytes(bytes_out);
+        }
         let elapsed = self.started.elapsed();
         let route = self.route.as_deref().unwrap_or("-");
         self.metrics
@@ -218,6 +231,8 @@ pub async fn handle(
         upstream_started: None,
         upstream_headers_ms: None,
         key_id: None,
+        cors: None,
+        limits: None,
         phase: "route",
         decision: "forward",
         rule: "-".into(),
@@ -242,6 +257,10 @@ pub async fn handle(
     let mut resp = match result {
         Ok(resp) => resp,
         Err(denial) => {
+            // Abuse bans count refusals by their code (docs/abuse-bans.md).
+            if let Some(abuse) = state.backstop.abuse() {
+                abuse.observe(&client, denial.code());
+            }
             ex.decision = "deny";
             if ex.rule == "-" {
                 ex.rule = denial.code().into();
@@ -252,6 +271,12 @@ pub async fn handle(
     if let Some(v) = hsts {
         resp.headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
+    if let Some((policy, allow_origin)) = ex.cors.take() {
+        policy.apply(allow_origin, resp.headers_mut());
+    }
+    if let Some(admitted) = &ex.limits {
+        admitted.apply_headers(resp.headers_mut());
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), v);
@@ -292,6 +317,13 @@ async fn phases(
     mut req: Request<Incoming>,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Denial> {
+    // Userspace (abuse) bans on every request: keep-alive connections outlive a ban, and an
+    // address learned from headers is only known here.
+    if let Some(rule) = state.backstop.banned(client.addr) {
+        ex.phase = "client_ip";
+        ex.rule = rule.clone();
+        return Err(Denial::Forbidden { rule });
+    }
     // Backstop for an address learned from headers: the connection phase checked the hop.
     if client.addr != hop {
         ex.phase = "client_ip";
@@ -323,6 +355,24 @@ async fn phases(
 
     ex.phase = "route";
     let method = req.method().clone();
+    // A CORS preflight is answered by the gateway for the route of the method it asks about,
+    // before identity and limits: browsers send no credentials on a preflight.
+    if let Some(preflight) = super::cors::preflight(&req)
+        && let RouteMatch::Found(_, cfg) = route::find(
+            &state.route_configs,
+            host,
+            req.uri().path(),
+            &preflight.method,
+        )
+        && let Some(cors) = &cfg.cors
+    {
+        ex.route = Some(cfg.name.clone());
+        ex.phase = "cors";
+        ex.decision = "answer";
+        let (resp, rule) = cors.answer_preflight(&preflight);
+        ex.rule = rule.into();
+        return Ok(resp);
+    }
     let (route_cfg, route) =
         match route::find(&state.route_configs, host, req.uri().path(), &method) {
             RouteMatch::Found(i, cfg) => (cfg, &state.routes[i]),
@@ -330,6 +380,11 @@ async fn phases(
             RouteMatch::NotFound => return Err(Denial::NotFound),
         };
     ex.route = Some(route_cfg.name.clone());
+    // CORS headers for the response, whatever it turns out to be (refusals included).
+    ex.cors = route_cfg
+        .cors
+        .as_ref()
+        .map(|c| (c.clone(), c.for_request(req.headers())));
 
     ex.phase = "limits";
     let declared = req
@@ -396,6 +451,28 @@ async fn phases(
         return Err(refusal.denial);
     }
 
+    // Rate limits and quotas: after identity (they count by key id and claims).
+    if let Some(route_limits) = &route_cfg.auth.limits {
+        ex.phase = "limits";
+        if let Some(active) = &state.limits {
+            let facts = crate::limits::keys::Facts {
+                route: &route_cfg.name,
+                product: route_cfg.product.as_deref(),
+                key_id: ex.key_id.as_deref(),
+                claims: claims.as_deref(),
+                client: client.addr,
+                headers: req.headers(),
+            };
+            match active.check(route_limits, &facts, declared.unwrap_or(0)) {
+                Ok(admitted) => ex.limits = Some(admitted),
+                Err(refused) => {
+                    ex.rule = refused.rule;
+                    return Err(refused.denial);
+                }
+            }
+        }
+    }
+
     ex.phase = "upstream";
     let upgrade = is_websocket(&req);
     if upgrade && !route_cfg.websocket {
@@ -414,6 +491,19 @@ async fn phases(
         client_cert,
         &mut parts.headers,
     );
+    // The backend sees the gateway's own credentials, never the client's.
+    if let Some(auth) = route.pool.auth() {
+        match auth.header().await {
+            Ok(value) => {
+                parts.headers.insert(header::AUTHORIZATION, value);
+            }
+            Err(e) => {
+                tracing::warn!(pool = %route.pool.name, error = %e, "no credentials for the backend");
+                ex.rule = "backend_auth_unavailable".into();
+                return Err(Denial::BackendAuthUnavailable);
+            }
+        }
+    }
     // The key never travels on: its header and query parameter are removed.
     let forwarded_pq = match (&state.api_keys, route_cfg.auth.api_key) {
         (Some(keys), true) => {

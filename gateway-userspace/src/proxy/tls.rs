@@ -191,13 +191,23 @@ pub fn upstream_client_config(tls: Option<&UpstreamTls>, alpn: &[&[u8]]) -> Arc<
     let roots = tls
         .map(|t| Arc::clone(&t.roots))
         .unwrap_or_else(|| Arc::new(RootCertStore::empty()));
-    let mut config = ClientConfig::builder_with_provider(crypto_provider())
+    let config = ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&TLS12_AND_13)
         // Cannot fail: the provider is the fixed one above, which has suites for both versions
         // (the unit test `upstream_config_builds` pins this).
         .expect("the built-in provider supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    // The gateway's certificate for backends that require mTLS. The pair was checked when the
+    // config loaded, so a refusal here cannot happen; it would fall back to no certificate and
+    // the backend's handshake refusal would say so.
+    let identity = tls.and_then(|t| t.client_identity.as_ref());
+    let mut config = match identity {
+        Some(id) => config
+            .clone()
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .unwrap_or_else(|_| config.with_no_client_auth()),
+        None => config.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
@@ -540,6 +550,7 @@ mod tests {
             roots,
             ca_file: "ca.pem".into(),
             server_name: None,
+            client_identity: None,
         };
         let config = upstream_client_config(Some(&upstream), &[]);
         assert!(config.alpn_protocols.is_empty());

@@ -117,6 +117,8 @@ pub struct Pool {
     connector: Connector,
     protocol: UpstreamProtocol,
     idle_timeout: Duration,
+    /// The gateway's credentials for these backends (`[pools.auth]`).
+    auth: Option<super::backend_auth::BackendAuth>,
 }
 
 impl Pool {
@@ -140,7 +142,16 @@ impl Pool {
             connector: Connector::new(cfg, check_timeout),
             protocol: cfg.protocol,
             idle_timeout: cfg.idle_timeout,
+            auth: cfg
+                .auth
+                .as_ref()
+                .map(|a| super::backend_auth::BackendAuth::start(a, &cfg.name)),
         }
+    }
+
+    /// How requests to this pool authenticate the gateway, if they do.
+    pub fn auth(&self) -> Option<&super::backend_auth::BackendAuth> {
+        self.auth.as_ref()
     }
 
     /// Whether the pool speaks HTTP/2 to its backends.

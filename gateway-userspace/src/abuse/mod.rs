@@ -1,0 +1,766 @@
+//! Abuse bans: what the HTTP layer learns about an abusive client becomes a drop. Refusals
+//! counted by [`detector`] (authentication failures, rate-limit and validation refusals, by
+//! their problem code) turn into a ban once a rule's threshold is crossed within its window.
+//!
+//! Where the ban is enforced depends on whether the kernel can see the client's packets
+//! ([`ClientIp::kernel_bannable`]): the TCP peer goes into the kernel ban map (XDP drops its
+//! next packet); an address learned from a trusted proxy's header is banned in userspace, in a
+//! set the backstop checks on every connection and request, with the same expiry. A PROXY
+//! source goes into both: the kernel drops it where its packets arrive with that source, the
+//! userspace set wherever they do not. A peer's kernel ban is also shadowed in the userspace set
+//! (refused, not listed) for paths the filter does not see. With the kernel layer off every ban
+//! is a userspace ban.
+//! Allow-listed addresses and our own load balancers and proxies are never banned.
+//!
+//! The kernel write happens on a thread of its own fed by a channel, so a request never waits
+//! on a map update, and without batching, so the ban is in the map within about a millisecond.
+//! Every decision is a security log event (target `portcullis::security`) and a metric, and
+//! can be observed ([`Abuse::subscribe`]) or applied from elsewhere ([`Abuse::apply`]) to share
+//! bans between gateways.
+
+pub mod detector;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use gateway_common::action;
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::config::{AbuseConfig, AbuseKind, TrustedProxies};
+use crate::kernel::{BanReason, Bans, PinLayout};
+use crate::metrics::{AbuseLabels, Metrics};
+use crate::proxy::client_ip::{self, ClientIp, Origin};
+use crate::rules::Prefix;
+use crate::rules::table::CompiledRules;
+use detector::{Detector, Outcome, Trigger};
+
+/// Where a ban is enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    /// The kernel ban map only: the address is the packet source.
+    Kernel,
+    /// The kernel ban map and the userspace set (a PROXY source).
+    Both,
+    /// The userspace set only.
+    Userspace,
+}
+
+/// A ban decided here or received from another gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanDecision {
+    pub addr: IpAddr,
+    pub reason: BanReason,
+    pub ttl: Duration,
+    /// Whether the address is a packet source the kernel may drop (see
+    /// [`ClientIp::kernel_bannable`]); a gateway applying a shared ban keeps this choice.
+    pub kernel_bannable: bool,
+    /// Why, for operators (`auth_failure: 20 refusals in 60s, offense 1`); no secret.
+    pub evidence: String,
+}
+
+/// A ban held in userspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserspaceBan {
+    pub addr: IpAddr,
+    pub reason: BanReason,
+    pub expires: Instant,
+    pub created_unix: u64,
+    /// A copy of a TCP peer's kernel ban, not listed as a userspace ban: it refuses the peer
+    /// where XDP does not see its packets (a keep-alive connection over an interface without
+    /// the filter, loopback).
+    pub shadow: bool,
+}
+
+impl UserspaceBan {
+    /// The JSON form the admin endpoint lists, beside the kernel's bans.
+    pub fn to_json(&self, now: Instant) -> serde_json::Value {
+        serde_json::json!({
+            "prefix": Prefix::host(self.addr).to_string(),
+            "reason": self.reason.name(),
+            "remaining_secs": self.expires.saturating_duration_since(now).as_secs_f64(),
+            "created_unix": self.created_unix,
+            "enforced": "userspace",
+        })
+    }
+}
+
+/// What the current configuration generation says.
+struct Settings {
+    kernel: Option<PinLayout>,
+    rules: Option<Arc<CompiledRules>>,
+    trusted: TrustedProxies,
+}
+
+/// State shared with the kernel writer thread.
+struct Shared {
+    bans: RwLock<HashMap<IpAddr, UserspaceBan>>,
+    /// Cap on the userspace set (the tracked-clients cap).
+    cap: std::sync::atomic::AtomicUsize,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// An order for the kernel writer.
+struct Order {
+    layout: PinLayout,
+    decision: BanDecision,
+    decided: Instant,
+    rule: &'static str,
+    also_userspace: bool,
+}
+
+/// The abuse-ban engine; one per process, kept across reloads (counts and offender history
+/// survive them).
+pub struct Abuse {
+    detector: Mutex<Detector>,
+    settings: RwLock<Settings>,
+    shared: Arc<Shared>,
+    orders: mpsc::Sender<Order>,
+    decided: broadcast::Sender<BanDecision>,
+}
+
+impl Abuse {
+    /// Starts the engine (and its kernel writer thread) with `config`.
+    pub fn new(config: AbuseConfig, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            bans: RwLock::new(HashMap::new()),
+            cap: config.max_tracked_clients.into(),
+            metrics,
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = shared.clone();
+        // Ends when the engine, and so the sender, is dropped.
+        let spawned = std::thread::Builder::new()
+            .name("abuse-bans".into())
+            .spawn(move || kernel_writer(rx, writer_shared));
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the abuse ban writer; kernel bans fall back to userspace");
+        }
+        let (decided, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            detector: Mutex::new(Detector::new(config)),
+            settings: RwLock::new(Settings {
+                kernel: None,
+                rules: None,
+                trusted: TrustedProxies::default(),
+            }),
+            shared,
+            orders: tx,
+            decided,
+        })
+    }
+
+    /// Applies a configuration generation: the `[abuse]` settings, where the kernel ban map is
+    /// (`None`: the kernel layer is off), and what may never be banned (the allow list in
+    /// `rules`, the trusted load balancers and proxies).
+    pub fn configure(
+        &self,
+        config: AbuseConfig,
+        kernel: Option<PinLayout>,
+        rules: Arc<CompiledRules>,
+        trusted: TrustedProxies,
+    ) {
+        self.shared.cap.store(
+            config.max_tracked_clients,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if let Ok(mut d) = self.detector.lock() {
+            d.set_config(config, Instant::now());
+        }
+        if let Ok(mut s) = self.settings.write() {
+            *s = Settings {
+                kernel,
+                rules: Some(rules),
+                trusted,
+            };
+        }
+    }
+
+    /// Whether `addr` must never be banned: allow-listed, or one of our own hops.
+    pub fn protected(&self, addr: IpAddr) -> bool {
+        let Ok(s) = self.settings.read() else {
+            // A poisoned lock: refuse to ban rather than risk banning infrastructure.
+            return true;
+        };
+        // Not configured yet: the allow list is unknown, so nothing may be banned.
+        let allowed = s
+            .rules
+            .as_ref()
+            .is_none_or(|r| r.lookup(addr).action == action::ALLOW);
+        allowed || client_ip::is_trusted_hop(&s.trusted, addr)
+    }
+
+    /// Counts the refusal `code` (a `Denial::code`) of a request from `client`; bans it when a
+    /// rule's threshold is crossed. Cheap for codes no rule counts.
+    pub fn observe(&self, client: &ClientIp, code: &str) {
+        self.observe_at(client, code, Instant::now());
+    }
+
+    /// [`Abuse::observe`] at a given time (tests drive the clock).
+    pub fn observe_at(&self, client: &ClientIp, code: &str, now: Instant) {
+        let Some(kind) = AbuseKind::of_code(code) else {
+            return;
+        };
+        let outcome = match self.detector.lock() {
+            Ok(mut d) => {
+                let o = d.observe(client.addr, kind, now, |a| self.protected(a));
+                self.set_tracked(d.tracked());
+                o
+            }
+            Err(_) => return,
+        };
+        match outcome {
+            Outcome::Ignored | Outcome::Counted => {}
+            Outcome::Untracked => {
+                if let Some(m) = &self.shared.metrics {
+                    m.abuse_untracked.inc();
+                }
+            }
+            Outcome::Protected(t) => {
+                warn!(
+                    target: "portcullis::security",
+                    event = "abuse_ban_refused",
+                    client_ip = %t.addr,
+                    origin = origin_name(client.origin),
+                    rule = t.kind.name(),
+                    count = t.count,
+                    threshold = t.threshold,
+                    window_secs = t.window.as_secs_f64(),
+                    "abuse threshold reached by an allow-listed address or a trusted proxy; not banned"
+                );
+                self.count(t.kind.name(), "protected");
+            }
+            Outcome::WouldBan(t) => {
+                warn!(
+                    target: "portcullis::security",
+                    event = "abuse_would_ban",
+                    client_ip = %t.addr,
+                    origin = origin_name(client.origin),
+                    rule = t.kind.name(),
+                    reason = t.kind.ban_reason().name(),
+                    count = t.count,
+                    threshold = t.threshold,
+                    window_secs = t.window.as_secs_f64(),
+                    ban_secs = t.ban.as_secs_f64(),
+                    "would ban (report-only mode)"
+                );
+                self.count(t.kind.name(), "report");
+            }
+            Outcome::Ban(t) => {
+                let decision = BanDecision {
+                    addr: t.addr,
+                    reason: t.kind.ban_reason(),
+                    ttl: t.ban,
+                    kernel_bannable: client.kernel_bannable(),
+                    evidence: format!(
+                        "{}: {} refusals in {}, offense {}",
+                        t.kind.name(),
+                        t.count,
+                        humantime::format_duration(t.window),
+                        t.offense
+                    ),
+                };
+                let enforcement =
+                    self.enforce(&decision, t.kind.name(), now, client.origin == Origin::Peer);
+                log_ban(&t, client.origin, enforcement);
+                let _ = self.decided.send(decision);
+            }
+        }
+    }
+
+    /// Bans decided here, for whoever shares them (cluster mode). Bans applied through
+    /// [`Abuse::apply`] are not repeated on it.
+    pub fn subscribe(&self) -> broadcast::Receiver<BanDecision> {
+        self.decided.subscribe()
+    }
+
+    /// Applies a ban decided elsewhere (another gateway). Refused, and `false` returned, for an
+    /// address this gateway must never ban.
+    pub fn apply(&self, decision: &BanDecision) -> bool {
+        if self.protected(decision.addr) || decision.ttl.is_zero() {
+            warn!(
+                target: "portcullis::security",
+                event = "abuse_ban_refused",
+                client_ip = %decision.addr,
+                reason = decision.reason.name(),
+                "shared ban names an allow-listed address or a trusted proxy; not applied"
+            );
+            self.count("shared", "protected");
+            return false;
+        }
+        let enforcement = self.enforce(decision, "shared", Instant::now(), false);
+        info!(
+            target: "portcullis::security",
+            event = "abuse_ban_applied",
+            client_ip = %decision.addr,
+            reason = decision.reason.name(),
+            ban_secs = decision.ttl.as_secs_f64(),
+            enforcement = enforcement_name(enforcement),
+            "shared ban applied"
+        );
+        true
+    }
+
+    /// Puts the ban where it can be enforced; returns where. `peer` says the address is the
+    /// TCP peer, which the kernel alone enforces; a PROXY source or a shared decision (which
+    /// carries no origin) goes into the userspace set too (see the module docs).
+    fn enforce(
+        &self,
+        decision: &BanDecision,
+        rule: &'static str,
+        now: Instant,
+        peer: bool,
+    ) -> Enforcement {
+        let layout = self.settings.read().ok().and_then(|s| s.kernel.clone());
+        let enforcement = match (layout, decision.kernel_bannable) {
+            (Some(layout), true) => {
+                // Recorded before the order is sent, so that the writer's fallback (after a
+                // failed write) replaces the shadow rather than the other way round.
+                self.shared.insert_userspace(decision, now, peer);
+                let order = Order {
+                    layout,
+                    decision: decision.clone(),
+                    decided: now,
+                    rule,
+                    also_userspace: !peer,
+                };
+                let sent = self.orders.send(order).is_ok();
+                if !sent {
+                    warn!(client_ip = %decision.addr, "the abuse ban writer is gone; banning in userspace");
+                    self.shared.insert_userspace(decision, now, false);
+                    Enforcement::Userspace
+                } else if peer {
+                    Enforcement::Kernel
+                } else {
+                    Enforcement::Both
+                }
+            }
+            _ => {
+                self.shared.insert_userspace(decision, now, false);
+                Enforcement::Userspace
+            }
+        };
+        if enforcement == Enforcement::Userspace {
+            self.count(rule, "userspace");
+        }
+        enforcement
+    }
+
+    /// The userspace ban on `addr`, if one is live.
+    pub fn banned(&self, addr: IpAddr) -> Option<BanReason> {
+        let bans = self.shared.bans.read().ok()?;
+        if bans.is_empty() {
+            return None;
+        }
+        bans.get(&addr)
+            .filter(|b| b.expires > Instant::now())
+            .map(|b| b.reason)
+    }
+
+    /// Live userspace bans, the longest-lasting first.
+    pub fn userspace_bans(&self) -> Vec<UserspaceBan> {
+        let now = Instant::now();
+        let mut out: Vec<UserspaceBan> = self
+            .shared
+            .bans
+            .read()
+            .map(|b| {
+                b.values()
+                    .filter(|b| b.expires > now && !b.shadow)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| b.expires.cmp(&a.expires).then(a.addr.cmp(&b.addr)));
+        out
+    }
+
+    /// Removes the userspace ban on `addr`; returns whether there was one.
+    pub fn unban(&self, addr: IpAddr) -> bool {
+        let removed = self
+            .shared
+            .bans
+            .write()
+            .is_ok_and(|mut b| b.remove(&addr.to_canonical()).is_some());
+        self.shared.refresh_gauge();
+        removed
+    }
+
+    /// Expires userspace bans and forgets idle clients; the daemon calls it on its sweep tick.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        if let Ok(mut bans) = self.shared.bans.write() {
+            bans.retain(|_, b| b.expires > now);
+        }
+        self.shared.refresh_gauge();
+        if let Ok(mut d) = self.detector.lock() {
+            d.prune(now);
+            self.set_tracked(d.tracked());
+        }
+    }
+
+    fn set_tracked(&self, n: usize) {
+        if let Some(m) = &self.shared.metrics {
+            m.abuse_tracked.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn count(&self, rule: &str, action: &str) {
+        self.shared.count(rule, action);
+    }
+}
+
+impl Shared {
+    fn insert_userspace(&self, decision: &BanDecision, now: Instant, shadow: bool) {
+        let cap = self.cap.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        let Ok(mut bans) = self.bans.write() else {
+            return;
+        };
+        if bans.len() >= cap && !bans.contains_key(&decision.addr) {
+            bans.retain(|_, b| b.expires > now);
+            if bans.len() >= cap {
+                // Make room by dropping the ban closest to its end: the newest offender is the
+                // one still active.
+                if let Some(first) = bans.values().min_by_key(|b| b.expires).map(|b| b.addr) {
+                    bans.remove(&first);
+                }
+            }
+        }
+        bans.insert(
+            decision.addr,
+            UserspaceBan {
+                addr: decision.addr,
+                reason: decision.reason,
+                expires: now + decision.ttl,
+                created_unix: unix_now(),
+                shadow,
+            },
+        );
+        drop(bans);
+        self.refresh_gauge();
+    }
+
+    fn refresh_gauge(&self) {
+        if let (Some(m), Ok(b)) = (&self.metrics, self.bans.read()) {
+            let listed = b.values().filter(|b| !b.shadow).count();
+            m.abuse_userspace_bans
+                .set(i64::try_from(listed).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn count(&self, rule: &str, action: &str) {
+        if let Some(m) = &self.metrics {
+            m.abuse_bans
+                .get_or_create(&AbuseLabels {
+                    rule: rule.into(),
+                    action: action.into(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Writes kernel bans as they come, one at a time, no batching.
+fn kernel_writer(rx: mpsc::Receiver<Order>, shared: Arc<Shared>) {
+    let mut open: Option<(PinLayout, Bans)> = None;
+    while let Ok(order) = rx.recv() {
+        let d = &order.decision;
+        if open.as_ref().is_none_or(|(l, _)| *l != order.layout) {
+            open = Bans::open(&order.layout)
+                .ok()
+                .map(|b| (order.layout.clone(), b));
+        }
+        let mut result = match open.as_mut() {
+            Some((_, bans)) => bans.ban(Prefix::host(d.addr), Some(d.ttl), d.reason),
+            None => Bans::open(&order.layout).map(|_| ()),
+        };
+        if result.is_err() {
+            // The pinned maps may have been replaced (a restart of the filter): reopen once.
+            open = Bans::open(&order.layout)
+                .ok()
+                .map(|b| (order.layout.clone(), b));
+            if let Some((_, bans)) = open.as_mut() {
+                result = bans.ban(Prefix::host(d.addr), Some(d.ttl), d.reason);
+            }
+        }
+        let latency_us = order.decided.elapsed().as_micros() as u64;
+        match result {
+            Ok(()) => {
+                info!(
+                    target: "portcullis::security",
+                    event = "abuse_ban_in_kernel",
+                    client_ip = %d.addr,
+                    reason = d.reason.name(),
+                    ban_secs = d.ttl.as_secs_f64(),
+                    latency_us,
+                    "ban written to the kernel ban map"
+                );
+                let action = if order.also_userspace {
+                    "kernel+userspace"
+                } else {
+                    "kernel"
+                };
+                shared.count(order.rule, action);
+            }
+            Err(e) => {
+                warn!(
+                    target: "portcullis::security",
+                    event = "abuse_ban_kernel_failed",
+                    client_ip = %d.addr,
+                    reason = d.reason.name(),
+                    error = %e,
+                    "writing the ban to the kernel failed; enforcing it in userspace"
+                );
+                shared.count(order.rule, "failed");
+                if !order.also_userspace {
+                    shared.insert_userspace(d, order.decided, false);
+                }
+            }
+        }
+    }
+}
+
+fn log_ban(t: &Trigger, origin: Origin, enforcement: Enforcement) {
+    warn!(
+        target: "portcullis::security",
+        event = "abuse_ban",
+        client_ip = %t.addr,
+        origin = origin_name(origin),
+        rule = t.kind.name(),
+        reason = t.kind.ban_reason().name(),
+        count = t.count,
+        threshold = t.threshold,
+        window_secs = t.window.as_secs_f64(),
+        offense = t.offense,
+        ban_secs = t.ban.as_secs_f64(),
+        enforcement = enforcement_name(enforcement),
+        "client banned for abuse"
+    );
+}
+
+fn origin_name(o: Origin) -> &'static str {
+    match o {
+        Origin::Peer => "peer",
+        Origin::ProxyProtocol => "proxy_protocol",
+        Origin::Header => "header",
+    }
+}
+
+fn enforcement_name(e: Enforcement) -> &'static str {
+    match e {
+        Enforcement::Kernel => "kernel",
+        Enforcement::Both => "kernel+userspace",
+        Enforcement::Userspace => "userspace",
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AbuseRule, Escalation};
+    use crate::rules::table::compile;
+    use crate::rules::{Mode, RuleSet};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn config(threshold: u32) -> AbuseConfig {
+        AbuseConfig {
+            enabled: true,
+            mode: Mode::Enforce,
+            max_tracked_clients: 100,
+            offender_memory: Duration::from_secs(3600),
+            rules: vec![AbuseRule {
+                kind: AbuseKind::AuthFailure,
+                threshold,
+                window: Duration::from_secs(60),
+                ban: Duration::from_secs(30),
+                escalation: Escalation::None,
+                max_ban: Duration::from_secs(30),
+            }],
+        }
+    }
+
+    /// An engine with the kernel layer off, `10.9.0.0/16` allow-listed and `10.0.0.0/8`
+    /// trusted proxies.
+    fn engine(threshold: u32) -> Arc<Abuse> {
+        let abuse = Abuse::new(config(threshold), None);
+        let rules = RuleSet {
+            allow: vec!["10.9.0.0/16".parse().unwrap()],
+            ..RuleSet::default()
+        };
+        let trusted = TrustedProxies {
+            proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..TrustedProxies::default()
+        };
+        abuse.configure(
+            config(threshold),
+            None,
+            Arc::new(compile(&rules).unwrap()),
+            trusted,
+        );
+        abuse
+    }
+
+    fn client(addr: &str, origin: Origin) -> ClientIp {
+        ClientIp {
+            addr: ip(addr),
+            origin,
+        }
+    }
+
+    #[test]
+    fn counted_codes_ban_in_userspace_without_a_kernel() {
+        let abuse = engine(3);
+        let mut decided = abuse.subscribe();
+        let c = client("192.0.2.1", Origin::Peer);
+        // Codes of no rule, and missing credentials, are not counted.
+        for code in [
+            "key_missing",
+            "token_missing",
+            "route_not_found",
+            "forbidden",
+        ] {
+            for _ in 0..5 {
+                abuse.observe(&c, code);
+            }
+        }
+        assert_eq!(abuse.banned(c.addr), None);
+        for _ in 0..3 {
+            abuse.observe(&c, "key_invalid");
+        }
+        assert_eq!(abuse.banned(c.addr), Some(BanReason::AuthFailure));
+        let d = decided.try_recv().expect("a decision is published");
+        assert_eq!(
+            d,
+            BanDecision {
+                addr: c.addr,
+                reason: BanReason::AuthFailure,
+                ttl: Duration::from_secs(30),
+                kernel_bannable: true,
+                evidence: "auth_failure: 3 refusals in 1m, offense 1".into(),
+            }
+        );
+        let listed = abuse.userspace_bans();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].to_json(Instant::now())["enforced"], "userspace");
+        assert!(abuse.unban(c.addr));
+        assert_eq!(abuse.banned(c.addr), None);
+    }
+
+    #[test]
+    fn allow_listed_and_trusted_addresses_are_never_banned() {
+        let abuse = engine(2);
+        let mut decided = abuse.subscribe();
+        for addr in ["10.9.1.1", "10.1.2.3"] {
+            for origin in [Origin::Peer, Origin::Header] {
+                for _ in 0..10 {
+                    abuse.observe(&client(addr, origin), "token_invalid");
+                }
+            }
+            assert_eq!(abuse.banned(ip(addr)), None, "{addr}");
+        }
+        assert!(decided.try_recv().is_err(), "nothing decided");
+        // Nor through a shared decision.
+        let shared = BanDecision {
+            addr: ip("10.1.2.3"),
+            reason: BanReason::Cluster,
+            ttl: Duration::from_secs(5),
+            kernel_bannable: true,
+            evidence: "from another gateway".into(),
+        };
+        assert!(!abuse.apply(&shared));
+        assert_eq!(abuse.banned(shared.addr), None);
+        let shared = BanDecision {
+            addr: ip("198.51.100.3"),
+            ..shared
+        };
+        assert!(abuse.apply(&shared));
+        assert_eq!(abuse.banned(shared.addr), Some(BanReason::Cluster));
+    }
+
+    #[test]
+    fn header_addresses_never_go_to_the_kernel() {
+        // A kernel layout that does not exist: an order for it would fail and fall back, so a
+        // header address must not even produce one.
+        let metrics = Metrics::new(None);
+        let abuse = Abuse::new(config(2), Some(metrics.clone()));
+        let dir = tempfile::tempdir().unwrap();
+        abuse.configure(
+            config(2),
+            Some(PinLayout::new(dir.path())),
+            Arc::new(compile(&RuleSet::default()).unwrap()),
+            TrustedProxies::default(),
+        );
+        let c = client("203.0.113.7", Origin::Header);
+        let mut decided = abuse.subscribe();
+        abuse.observe(&c, "key_invalid");
+        abuse.observe(&c, "key_invalid");
+        assert_eq!(abuse.banned(c.addr), Some(BanReason::AuthFailure));
+        assert!(!decided.try_recv().unwrap().kernel_bannable);
+        // A peer goes to the kernel writer, its userspace record a shadow (refused, not
+        // listed); with no pinned map there, the writer enforces it in userspace instead.
+        let p = client("203.0.113.8", Origin::Peer);
+        abuse.observe(&p, "key_invalid");
+        abuse.observe(&p, "key_invalid");
+        assert_eq!(abuse.banned(p.addr), Some(BanReason::AuthFailure));
+        let listed = |a: &Abuse| a.userspace_bans().iter().any(|b| b.addr == p.addr);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !listed(&abuse) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            listed(&abuse),
+            "the failed kernel write became a userspace ban"
+        );
+        let text = metrics.render();
+        for line in [
+            "portcullis_abuse_bans_total{rule=\"auth_failure\",action=\"userspace\"} 1",
+            "portcullis_abuse_bans_total{rule=\"auth_failure\",action=\"failed\"} 1",
+            "portcullis_abuse_userspace_bans 2",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn userspace_bans_expire() {
+        let abuse = engine(1);
+        let c = client("192.0.2.50", Origin::Header);
+        let long_ago = Instant::now() - Duration::from_secs(120);
+        abuse.observe_at(&c, "token_invalid", long_ago);
+        assert_eq!(
+            abuse.banned(c.addr),
+            None,
+            "a 30 s ban from 120 s ago is over"
+        );
+        assert!(abuse.userspace_bans().is_empty());
+        abuse.sweep();
+        assert_eq!(abuse.shared.bans.read().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn report_mode_bans_nothing() {
+        let abuse = engine(1);
+        let mut c = config(1);
+        c.mode = Mode::Report;
+        abuse.configure(
+            c,
+            None,
+            Arc::new(compile(&RuleSet::default()).unwrap()),
+            TrustedProxies::default(),
+        );
+        let x = client("192.0.2.9", Origin::Peer);
+        abuse.observe(&x, "token_invalid");
+        assert_eq!(abuse.banned(x.addr), None);
+    }
+}
