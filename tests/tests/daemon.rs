@@ -389,3 +389,92 @@ format = "json"
         "{metrics}"
     );
 }
+
+/// `portcullis limits show KEY` asks the running gateway's admin endpoint and reports what the
+/// key has left of each limit and quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_show_reports_a_keys_remaining_budget() {
+    let backend = Backend::start("app", Proto::Http1).await;
+    let (listen, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    let key = "limits-show-test-key-0123456789";
+    write_keys(&dir.path().join("keys.toml"), &[("acme", key)]);
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[kernel]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:{listen}"
+protocol = "http"
+http_mode = "serve"
+
+[[pools]]
+name = "app"
+endpoints = ["{backend}"]
+
+[api_keys]
+file = "keys.toml"
+
+[proxy.limits]
+
+[[proxy.limits.rate]]
+name = "per-minute"
+by = ["api_key"]
+requests = 10
+per = "1m"
+
+[[proxy.limits.quota]]
+name = "daily"
+by = ["api_key"]
+period = "day"
+calls = 100
+
+[[routes]]
+name = "app"
+path = "/v1"
+pool = "app"
+api_key = true
+"#,
+            backend = backend.addr
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&cfg);
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let output = tokio::task::spawn_blocking(move || {
+        wait_for("readiness", || ready(admin));
+        for _ in 0..3 {
+            assert_eq!(with_key(listen, key), 200);
+        }
+        Command::new(portcullis_bin())
+            .args(["limits", "show", "acme", "--admin", &admin_addr, "--json"])
+            .output()
+            .expect("run portcullis limits show")
+    })
+    .await
+    .unwrap();
+    drop(daemon);
+    assert!(output.status.success(), "{output:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let rows = rows.as_array().expect("an array");
+    let text = serde_json::to_string(rows).unwrap();
+    assert!(!text.contains(key), "the key itself is never shown");
+    let find = |name: &str| {
+        rows.iter()
+            .find(|r| r.to_string().contains(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {text}"))
+            .clone()
+    };
+    let rate = find("per-minute");
+    let quota = find("daily");
+    assert_eq!(rate["remaining"], 7, "{rate}");
+    assert_eq!(quota["calls_remaining"], 97, "{quota}");
+    assert_eq!(quota["calls_used"], 3, "{quota}");
+}
