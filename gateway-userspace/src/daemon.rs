@@ -86,6 +86,8 @@ struct Daemon {
     metrics: Arc<Metrics>,
     /// Kept across reloads: counts and offender history survive them.
     abuse: Arc<Abuse>,
+    /// Cluster mode; kept across reloads that leave `[cluster]` as it is.
+    cluster: Option<ClusterRun>,
 }
 
 impl Daemon {
@@ -157,9 +159,20 @@ impl Daemon {
         );
         // Limits now rather than at the next request, so the admin endpoint shows them.
         self.metrics.limits.adopt_routes(&config.proxy.routes);
+        if config.cluster.as_ref() != self.cluster.as_ref().map(|c| &c.config) {
+            // The old store (and its ban tasks) stops before the new one starts.
+            self.cluster = None;
+            self.cluster = self.start_cluster(&config).await;
+        }
         self.config = config;
         info!(config = %self.path.display(), %summary, kernel_rules = %rule_diff, "configuration reloaded");
         Ok(summary)
+    }
+
+    async fn start_cluster(&self, config: &Config) -> Option<ClusterRun> {
+        let cluster = config.cluster.clone()?;
+        let kernel = config.kernel.enabled.then(|| self.kernel.layout().clone());
+        Some(ClusterRun::start(cluster, self.metrics.clone(), self.abuse.clone(), kernel).await)
     }
 
     async fn reload_logged(&mut self, trigger: &str) -> ReloadReply {
@@ -196,6 +209,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         proxy: None,
         metrics: metrics.clone(),
         abuse: abuse.clone(),
+        cluster: None,
     };
     if d.config.kernel.enabled {
         let config = d.config.clone();
@@ -211,6 +225,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         // Reads the quota state file now, not at the first request.
         metrics.limits.adopt_routes(&d.config.proxy.routes);
     }
+    let config = d.config.clone();
+    d.cluster = d.start_cluster(&config).await;
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<ReloadReply>>(4);
     let admin_state = Arc::new(AdminState {
@@ -286,6 +302,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Err(e) = metrics.limits.flush() {
         warn!(error = %e, "quota counters not saved");
     }
+    d.cluster = None;
     let _ = stop_admin.send(true);
     if d.config.kernel.enabled {
         info!(pin_root = %d.config.kernel.pin_root.display(), "stopped; the pinned XDP filter stays in force (`portcullis detach` removes it)");
@@ -336,6 +353,12 @@ pub fn referenced_files(cfg: &Config) -> Vec<PathBuf> {
     if let Some(keys) = &proxy.api_keys {
         files.push(keys.file.clone());
     }
+    files.extend(
+        proxy
+            .routes
+            .iter()
+            .filter_map(|r| Some(r.validation.as_ref()?.file.clone())),
+    );
     files.sort();
     files.dedup();
     files
@@ -499,6 +522,168 @@ fn notify_systemd(state: &str) {
     };
     if let Err(e) = result {
         warn!(error = %e, "sd_notify");
+    }
+}
+
+/// Marks, in a published ban's evidence, an address the kernel must not drop (a PROXY
+/// protocol or forwarded source rather than a packet source): other gateways then keep it to
+/// their userspace set, as the deciding gateway did.
+const NOT_KERNEL_BANNABLE: &str = "[proxied] ";
+
+/// Cluster mode while `[cluster]` is configured: the store (handed to the limits) and the
+/// two ban tasks. Dropping it stops the tasks, and with the last handle the connection.
+struct ClusterRun {
+    config: config::ClusterConfig,
+    metrics: Arc<Metrics>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl ClusterRun {
+    /// Starts the store and shares it with the limits; bans decided here are published and
+    /// bans published elsewhere applied.
+    async fn start(
+        config: config::ClusterConfig,
+        metrics: Arc<Metrics>,
+        abuse: Arc<Abuse>,
+        kernel: Option<crate::kernel::PinLayout>,
+    ) -> Self {
+        let cluster = crate::cluster::Cluster::start(config.clone(), metrics.cluster.clone());
+        // Not required: until Redis answers, every feature follows its mode.
+        if !cluster.wait_connected(Duration::from_secs(1)).await {
+            warn!(redis = %config.redis, "cluster store not reachable yet; reconnecting in the background");
+        } else {
+            info!(redis = %config.redis, instance = cluster.instance_id(), "cluster store connected");
+        }
+        metrics.limits.set_cluster(Some(cluster.clone()));
+        let publish = tokio::spawn(publish_bans(cluster.clone(), abuse.clone()));
+        let receive = tokio::spawn(receive_bans(cluster, abuse, kernel));
+        Self {
+            config,
+            metrics,
+            tasks: vec![publish.abort_handle(), receive.abort_handle()],
+        }
+    }
+}
+
+impl Drop for ClusterRun {
+    fn drop(&mut self) {
+        self.metrics.limits.set_cluster(None);
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Publishes every ban the local detector decides.
+async fn publish_bans(cluster: crate::cluster::Cluster, abuse: Arc<Abuse>) {
+    let mut decided = abuse.subscribe();
+    loop {
+        let decision = match decided.recv().await {
+            Ok(d) => d,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(
+                    missed = n,
+                    "bans decided faster than they could be published; some stay local"
+                );
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let evidence = if decision.kernel_bannable {
+            decision.evidence.clone()
+        } else {
+            format!("{NOT_KERNEL_BANNABLE}{}", decision.evidence)
+        };
+        let ban = crate::cluster::NewBan {
+            prefix: crate::rules::Prefix::host(decision.addr),
+            reason: decision.reason,
+            ttl: decision.ttl,
+            evidence,
+        };
+        if let Err(e) = cluster.publish_ban(&ban).await {
+            cluster.metrics().fallback(e.feature.name(), e.mode.name());
+            warn!(client_ip = %decision.addr, error = %e, "ban not shared with the cluster; enforced here only");
+        }
+    }
+}
+
+/// Applies the bans other gateways publish; with each snapshot (at start and after every
+/// reconnection) the bans taken from the cluster are replaced by the snapshot's.
+async fn receive_bans(
+    cluster: crate::cluster::Cluster,
+    abuse: Arc<Abuse>,
+    kernel: Option<crate::kernel::PinLayout>,
+) {
+    use crate::cluster::BanEvent;
+    let mut from_cluster: std::collections::HashSet<std::net::IpAddr> = Default::default();
+    let mut subscription = cluster.subscribe_bans();
+    let own = cluster.instance_id().to_owned();
+    while let Some(event) = subscription.next().await {
+        match event {
+            BanEvent::Snapshot(bans) => {
+                let mut now: std::collections::HashSet<std::net::IpAddr> = Default::default();
+                for ban in bans.iter().filter(|b| b.origin != own) {
+                    if let Some(addr) = apply_cluster_ban(&abuse, ban) {
+                        now.insert(addr);
+                    }
+                }
+                for gone in from_cluster.difference(&now) {
+                    lift_ban(&abuse, kernel.as_ref(), *gone);
+                }
+                from_cluster = now;
+            }
+            BanEvent::Banned(ban) if ban.origin != own => {
+                if let Some(addr) = apply_cluster_ban(&abuse, &ban) {
+                    from_cluster.insert(addr);
+                }
+            }
+            BanEvent::Banned(_) => {}
+            BanEvent::Unbanned { prefix, origin } if origin != own => {
+                if let Some(addr) = host_of(&prefix) {
+                    from_cluster.remove(&addr);
+                    lift_ban(&abuse, kernel.as_ref(), addr);
+                }
+            }
+            BanEvent::Unbanned { .. } => {}
+        }
+    }
+}
+
+/// The address of a single-host prefix; the detector bans hosts, and wider prefixes are left
+/// to the kernel rules.
+fn host_of(prefix: &crate::rules::Prefix) -> Option<std::net::IpAddr> {
+    let host_len = if prefix.is_v6() { 128 } else { 32 };
+    (prefix.len() == host_len).then(|| prefix.addr())
+}
+
+/// Applies one ban from the cluster (never to a protected address: `Abuse::apply` refuses
+/// those); returns the address when applied.
+fn apply_cluster_ban(abuse: &Abuse, ban: &crate::cluster::ClusterBan) -> Option<std::net::IpAddr> {
+    let Some(addr) = host_of(&ban.prefix) else {
+        info!(prefix = %ban.prefix, "cluster ban of a network prefix ignored; only host bans are shared");
+        return None;
+    };
+    if ban.remaining.is_zero() {
+        return None;
+    }
+    let decision = crate::abuse::BanDecision {
+        addr,
+        reason: ban.reason,
+        ttl: ban.remaining,
+        kernel_bannable: !ban.evidence.starts_with(NOT_KERNEL_BANNABLE),
+        evidence: ban.evidence.clone(),
+    };
+    abuse.apply(&decision).then_some(addr)
+}
+
+/// Lifts a ban the cluster no longer holds, in userspace and in the kernel.
+fn lift_ban(abuse: &Abuse, kernel: Option<&crate::kernel::PinLayout>, addr: std::net::IpAddr) {
+    abuse.unban(addr);
+    if let Some(layout) = kernel {
+        let prefix = crate::rules::Prefix::host(addr);
+        if let Err(e) = Bans::open(layout).and_then(|mut b| b.unban(prefix)) {
+            warn!(client_ip = %addr, error = %e, "lifting a cluster ban from the kernel");
+        }
     }
 }
 

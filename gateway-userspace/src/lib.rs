@@ -19,3 +19,4 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod rules;
+pub mod validation;

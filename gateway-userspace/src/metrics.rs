@@ -26,6 +26,12 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValidationLabels {
+    pub route: String,
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub phase: String,
     pub rule: String,
@@ -84,6 +90,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub decisions: Family<DecisionLabels, Counter>,
+    /// Requests that failed their route's validation, by route and action (prevent, detect).
+    pub validation_failures: Family<ValidationLabels, Counter>,
     pub upstream_healthy: Family<EndpointLabels, Gauge>,
     pub upstream_outstanding: Family<EndpointLabels, Gauge>,
     pub connections: Family<ListenerLabels, Gauge>,
@@ -140,6 +148,9 @@ pub struct ClusterMetrics {
     pub connection_errors: Counter,
     /// 1 while the commands connection is up.
     pub connected: Gauge,
+    /// Requests judged without the store because it could not answer: `op` is the feature
+    /// (`rate_limits`, `quotas`, `bans`), `result` the mode applied (`open`, `closed`).
+    pub fallbacks: Family<ClusterCallLabels, Counter>,
 }
 
 impl Default for ClusterMetrics {
@@ -150,6 +161,7 @@ impl Default for ClusterMetrics {
             reconnects: Counter::default(),
             connection_errors: Counter::default(),
             connected: Gauge::default(),
+            fallbacks: Family::default(),
         }
     }
 }
@@ -168,6 +180,16 @@ impl ClusterMetrics {
                 .get_or_create(&ClusterOpLabels { op: op.into() })
                 .observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// Counts a request judged without the store, by feature and the mode applied.
+    pub fn fallback(&self, feature: &str, mode: &str) {
+        self.fallbacks
+            .get_or_create(&ClusterCallLabels {
+                op: feature.into(),
+                result: mode.into(),
+            })
+            .inc();
     }
 
     /// How many calls of `op` ended with `result`.
@@ -202,6 +224,11 @@ impl ClusterMetrics {
             self.connection_errors.clone(),
         );
         registry.register(
+            "cluster_fallbacks",
+            "Requests judged without the cluster store (unreachable), by feature and mode",
+            self.fallbacks.clone(),
+        );
+        registry.register(
             "cluster_connected",
             "1 while the cluster store is connected to Redis",
             self.connected.clone(),
@@ -227,6 +254,7 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             decisions: Family::default(),
+            validation_failures: Family::default(),
             upstream_healthy: Family::default(),
             upstream_outstanding: Family::default(),
             connections: Family::default(),
@@ -249,6 +277,11 @@ impl Metrics {
             limit_tracked_keys: Family::default(),
         };
         m.cluster.register(&mut registry);
+        registry.register(
+            "validation_failures",
+            "Requests that failed request validation, by route and action",
+            m.validation_failures.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by route and status class",

@@ -1078,6 +1078,14 @@ fn the_proxy_example_loads_with_generated_certificates() {
         "partner-jwks.json",
         include_str!("../../examples/partner-jwks.json"),
     );
+    f.file(
+        "orders.openapi.yaml",
+        include_str!("../../examples/orders.openapi.yaml"),
+    );
+    f.file(
+        "webhook.schema.json",
+        include_str!("../../examples/webhook.schema.json"),
+    );
     // A hash of a throwaway key: no secret is committed or needed.
     f.file(
         "api-keys.toml",
@@ -1883,4 +1891,37 @@ fn abuse_section_compiles_and_defaults_are_secure() {
         (AbuseKind::Validation, 3, Duration::from_secs(30))
     );
     assert_eq!(v.max_ban, Duration::from_secs(86_400));
+}
+
+/// Request validation mistakes: broken documents located at their key, with the place inside.
+#[test]
+fn validation_mistakes() {
+    let f = Fixture::new();
+    f.file("broken.yaml", "openapi: 3.1.0\npaths:\n  /a: [\n");
+    f.file(
+        "bad-schema.yaml",
+        "openapi: 3.1.0\npaths:\n  /a:\n    post:\n      requestBody:\n        content:\n          \
+         application/json:\n            schema: {type: 12}\n",
+    );
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"r\"\npath = \"/r\"\npool = \"api\"\n\
+         [routes.validation]\nopenapi = \"broken.yaml\"\n\
+         \n[[routes]]\nname = \"s\"\npath = \"/s\"\npool = \"api\"\n[routes.validation]\n\
+         openapi = \"bad-schema.yaml\"\ncontent_types = [\"json\"]\naction = \"block\"\n\
+         \n[[routes]]\nname = \"t\"\npath = \"/t\"\npool = \"api\"\n[routes.validation]\n\
+         openapi = \"missing.yaml\"\nschema = \"x.json\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:13:11: error: `routes.validation.openapi`: invalid value \
+         `broken.yaml`: line 4, column 1: did not find expected node content at line 4 column 1, \
+         while parsing a flow node\n\
+         $DIR/portcullis.toml:20:11: error: `routes.validation.openapi`: invalid value \
+         `bad-schema.yaml`: at `/paths/~1a/post/requestBody/content/application~1json/schema`: \
+         invalid schema: 12 is not valid under any of the schemas listed in the 'anyOf' keyword\n\
+         $DIR/portcullis.toml:22:10: error: `routes.validation.action`: unknown value `block`; \
+         expected one of: prevent, detect\n\
+         $DIR/portcullis.toml:30:10: error: `routes.validation.schema`: invalid value `x.json`: \
+         give `openapi` or `schema`, not both"
+    );
 }

@@ -217,6 +217,11 @@ impl Cluster {
         &self.inner.instance
     }
 
+    /// The metrics the store counts in; callers add their fallbacks.
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.inner.metrics
+    }
+
     pub fn is_connected(&self) -> bool {
         self.inner.conn.is_connected()
     }

@@ -28,6 +28,7 @@ mod size;
 pub(crate) mod source;
 mod tls_files;
 mod token;
+mod validation;
 
 use std::path::Path;
 

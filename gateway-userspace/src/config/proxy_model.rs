@@ -222,6 +222,8 @@ pub struct RouteConfig {
     /// CORS answered by the gateway (`[routes.cors]`); `None`: the gateway adds no CORS
     /// headers and passes the backend's through.
     pub cors: Option<Arc<crate::proxy::cors::CorsPolicy>>,
+    /// Request validation (`[routes.validation]`, docs/validation.md).
+    pub validation: Option<Arc<crate::validation::RouteValidation>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

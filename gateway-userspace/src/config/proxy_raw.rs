@@ -332,6 +332,8 @@ pub(crate) struct RawRoute {
     pub client_cert: Option<super::client_certs::RawRouteClientCert>,
     /// `[routes.cors]`: `None` when absent or not a table (reported).
     pub cors: Option<super::cors::RawCors>,
+    /// `[routes.validation]`: `None` when absent or not a table (reported).
+    pub validation: Option<super::validation::RawValidation>,
 }
 
 impl RawRoute {
@@ -357,6 +359,9 @@ impl RawRoute {
             cors: t
                 .table("cors", d)
                 .read_optional(d, super::cors::RawCors::read),
+            validation: t
+                .table("validation", d)
+                .read_optional(d, super::validation::RawValidation::read),
         };
         t.finish(d);
         raw

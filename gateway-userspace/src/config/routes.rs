@@ -117,6 +117,10 @@ fn route(
         }),
         None => defaults::MAX_BODY_BYTES,
     };
+    let validation = r
+        .validation
+        .as_ref()
+        .and_then(|v| super::validation::compile(v, &r.header, max_body_bytes, d));
 
     Compiled {
         route: RouteConfig {
@@ -157,6 +161,7 @@ fn route(
                 limits: None,
             },
             cors,
+            validation,
         },
         header: r.header,
         clean,

@@ -725,7 +725,37 @@ struct Route {
     client_cert: Option<RouteClientCertSection>,
     /// CORS answered by the gateway; absent: no CORS headers are added.
     cors: Option<RouteCors>,
+    /// Request validation against an OpenAPI document or a JSON Schema (docs/validation.md).
+    validation: Option<RouteValidationSection>,
 }
+
+/// `[routes.validation]`: checks parameters, content type and body; `openapi` or `schema`.
+#[derive(JsonSchema)]
+#[schemars(
+    deny_unknown_fields,
+    extend("oneOf" = [{"required": ["openapi"]}, {"required": ["schema"]}])
+)]
+struct RouteValidationSection {
+    /// An OpenAPI 3.0 or 3.1 document (YAML or JSON); operations are matched by path template
+    /// and method.
+    openapi: Option<FilePath>,
+    /// A JSON Schema (2020-12 unless it says otherwise) for every request body of the route.
+    schema: Option<FilePath>,
+    /// Allowed media types or ranges ("application/json", "application/*"); absent: those of
+    /// the operation's requestBody (openapi), or "application/json" (schema).
+    content_types: Option<Vec<String>>,
+    /// Bodies are buffered for validation up to this size (at most the route's
+    /// max_body_size, the default); larger ones get 413.
+    max_body_size: Option<Size>,
+    /// prevent (the default): refuse (400, 415); detect: log and forward.
+    action: Option<ValidationAction>,
+    /// What happens to a path and method the document does not describe: pass (forwarded
+    /// unchecked, the default) or refuse (404, logged only with action = "detect").
+    unknown_operations: Option<ValidationUnknown>,
+}
+
+use crate::validation::{Action as ValidationAction, UnknownOperations as ValidationUnknown};
+keyword_schema!(ValidationAction, ValidationUnknown);
 
 /// `[routes.cors]`: which web origins may call the route from a browser.
 #[derive(JsonSchema)]

@@ -11,15 +11,20 @@
 //! be consulted only after every local limit admitted the request, so a local refusal never
 //! costs a round trip: `check` is the local half, and its state sits behind
 //! [`rate::RateState`] and [`quota::QuotaStore`].
+//!
+//! In cluster mode ([`Hub::set_cluster`]) every limit is also shared: [`Active::confirm`]
+//! takes what the local check admitted to the cluster store, one `check_rates` and one
+//! `add_quotas` call, and the shared budget decides (see docs/cluster.md).
 
 pub mod headers;
 pub mod keys;
 pub mod quota;
 pub mod rate;
+mod shared;
 pub mod state_file;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::MonotonicClock;
@@ -42,7 +47,13 @@ pub struct Active {
     /// Index for index with `config.rates`.
     pub rates: Vec<Arc<Rate>>,
     pub quotas: Arc<LocalQuotaStore>,
+    /// The cluster store when cluster mode is on; read per request, so a store started or
+    /// replaced after this generation was adopted is used at once.
+    cluster: SharedCluster,
 }
+
+/// The process's cluster store, if any, as the [`Hub`] and every generation see it.
+type SharedCluster = Arc<RwLock<Option<crate::cluster::Cluster>>>;
 
 /// A request the limits admitted: the budget headers for its response, and the quota
 /// counters its response bytes are still to be added to.
@@ -50,6 +61,8 @@ pub struct Admitted {
     headers: BudgetHeaders,
     charge: Vec<(String, String, u64)>,
     store: Arc<LocalQuotaStore>,
+    /// What to ask the cluster store, when cluster mode is on.
+    shared: Option<shared::Pending>,
 }
 
 impl Admitted {
@@ -65,6 +78,9 @@ impl Admitted {
         }
         for (quota, key, window) in &self.charge {
             self.store.add(quota, key, *window, 0, bytes);
+        }
+        if let Some(pending) = &self.shared {
+            pending.charge_bytes(bytes);
         }
     }
 }
@@ -199,16 +215,19 @@ impl Active {
         }
 
         // Everything admits: consume.
+        let cluster = self.cluster.read().ok().and_then(|c| c.clone());
+        let mut plan = cluster.map(shared::Pending::new);
         let mut policies = Vec::new();
         for (i, key, tier) in rates {
             let rate = &self.rates[i];
             match rate.take(tier, &key) {
-                Ok(taken) => policies.push(rate_policy(
-                    rate,
-                    tier,
-                    u64::from(taken.remaining),
-                    taken.reset,
-                )),
+                Ok(taken) => {
+                    let policy = rate_policy(rate, tier, u64::from(taken.remaining), taken.reset);
+                    if let Some(plan) = &mut plan {
+                        plan.add_rate(i, tier, rate, &key, policy.clone());
+                    }
+                    policies.push(policy);
+                }
                 // Another request took the last unit since the peek.
                 Err(wait) => return Err(self.rate_refusal(i, tier, wait)),
             }
@@ -219,12 +238,17 @@ impl Active {
             let usage = self
                 .quotas
                 .add(&spec.name, &key, window.0, 1, request_bytes);
-            policies.extend(quota_policies(&spec.name, limits, usage, window, now));
+            let local = quota_policies(&spec.name, limits, usage, window, now);
+            if let Some(plan) = &mut plan {
+                plan.add_quota(i, spec, limits, &key, request_bytes, local.clone());
+            }
+            policies.extend(local);
             if limits.1.is_some() {
                 charge.push((spec.name.clone(), key, window.0));
             }
         }
         Ok(Admitted {
+            shared: plan,
             headers: if cfg.headers_on_success {
                 headers::render(style, &policies)
             } else {
@@ -368,6 +392,7 @@ struct HubInner {
     state_file: Option<PathBuf>,
     current: Option<Arc<Active>>,
     tasks: Vec<tokio::task::AbortHandle>,
+    cluster: SharedCluster,
 }
 
 fn lock(inner: &Mutex<HubInner>) -> MutexGuard<'_, HubInner> {
@@ -437,6 +462,7 @@ impl Hub {
             config: config.clone(),
             rates,
             quotas,
+            cluster: inner.cluster.clone(),
         });
         inner.current = Some(active.clone());
         for task in inner.tasks.drain(..) {
@@ -456,6 +482,14 @@ impl Hub {
             }
         }
         active
+    }
+
+    /// Turns cluster mode on (`Some`) or off for every generation, current and future.
+    pub fn set_cluster(&self, cluster: Option<crate::cluster::Cluster>) {
+        let shared = lock(&self.inner).cluster.clone();
+        if let Ok(mut c) = shared.write() {
+            *c = cluster;
+        }
     }
 
     /// The active set of the latest generation.

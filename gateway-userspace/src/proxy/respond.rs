@@ -42,6 +42,10 @@ pub enum Denial {
     BadRequest(&'static str),
     /// The body is larger than the route allows.
     PayloadTooLarge { limit: u64 },
+    /// The request's content type is not one the route's validation allows.
+    UnsupportedMediaType,
+    /// Parameters or body fail the route's validation: where and why, never the values.
+    ValidationFailed(Vec<crate::validation::Failure>),
     /// A gateway rule refused the client (userspace backstop: deny, geo, ban).
     Forbidden { rule: String },
     /// The route needs a token and none was presented (RFC 6750 section 3.1: no error code).
@@ -74,6 +78,8 @@ pub enum Denial {
         status: StatusCode,
         headers: crate::limits::headers::BudgetHeaders,
     },
+    /// The shared store (cluster mode) cannot answer and its mode is `closed`.
+    ClusterUnavailable,
     /// Every endpoint of the pool is unhealthy or ejected.
     NoHealthyUpstream,
     /// The gateway has no credentials for the backend (its token endpoint is unreachable).
@@ -91,6 +97,8 @@ impl Denial {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ValidationFailed(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden { .. }
             | Self::InsufficientClaims
             | Self::KeyScope
@@ -101,7 +109,7 @@ impl Denial {
             Self::TokenRequestInvalid => StatusCode::BAD_REQUEST,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::QuotaExhausted { status, .. } => *status,
-            Self::NoHealthyUpstream | Self::BackendAuthUnavailable => {
+            Self::NoHealthyUpstream | Self::BackendAuthUnavailable | Self::ClusterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::BadGateway => StatusCode::BAD_GATEWAY,
@@ -116,6 +124,9 @@ impl Denial {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            // The abuse detector counts this code (docs/abuse-bans.md).
+            Self::ValidationFailed(_) => "validation_failed",
             Self::Forbidden { .. } => "forbidden",
             Self::TokenMissing => "token_missing",
             Self::TokenRequestInvalid => "token_request_invalid",
@@ -128,6 +139,7 @@ impl Denial {
             Self::CertificateRefused => "client_cert_refused",
             Self::RateLimited { .. } => "rate_limited",
             Self::QuotaExhausted { .. } => "quota_exhausted",
+            Self::ClusterUnavailable => "cluster_unavailable",
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::BackendAuthUnavailable => "backend_auth_unavailable",
             Self::BadGateway => "bad_gateway",
@@ -141,6 +153,8 @@ impl Denial {
             | Self::MethodNotAllowed(_)
             | Self::BadRequest(_)
             | Self::PayloadTooLarge { .. }
+            | Self::UnsupportedMediaType
+            | Self::ValidationFailed(_)
             | Self::Forbidden { .. }
             | Self::TokenMissing
             | Self::TokenRequestInvalid
@@ -154,6 +168,7 @@ impl Denial {
             | Self::RateLimited { .. }
             | Self::QuotaExhausted { .. } => Side::Client,
             Self::NoHealthyUpstream
+            | Self::ClusterUnavailable
             | Self::BackendAuthUnavailable
             | Self::BadGateway
             | Self::GatewayTimeout => Side::Upstream,
@@ -183,6 +198,10 @@ impl Denial {
             Self::PayloadTooLarge { limit } => {
                 format!("The request body exceeds the limit of {limit} bytes.")
             }
+            Self::UnsupportedMediaType => {
+                "The route does not accept this content type for this operation.".into()
+            }
+            Self::ValidationFailed(_) => "The request does not match the API's schema.".into(),
             Self::Forbidden { .. } => "The client is not allowed to use this service.".into(),
             Self::TokenMissing => "This route requires a bearer token.".into(),
             Self::TokenRequestInvalid => {
@@ -204,6 +223,9 @@ impl Denial {
                 "The quota for this client is used up for its period; it renews in \
                  {retry_after} seconds."
             ),
+            Self::ClusterUnavailable => {
+                "The gateway cannot reach its shared limit store; retry later.".into()
+            }
             Self::NoHealthyUpstream => "No healthy backend is available.".into(),
             Self::BackendAuthUnavailable => {
                 "The gateway cannot authenticate to the backend right now.".into()
@@ -219,7 +241,7 @@ impl Denial {
 /// The problem response for `denial`.
 pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
     let status = denial.status();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
@@ -227,6 +249,12 @@ pub fn problem(denial: &Denial, request_id: &str) -> Response<Body> {
         "code": denial.code(),
         "request_id": request_id,
     });
+    if let Denial::ValidationFailed(failures) = denial {
+        body["failures"] = failures
+            .iter()
+            .map(|f| serde_json::json!({"location": f.location, "reason": f.reason}))
+            .collect();
+    }
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -312,6 +340,7 @@ mod tests {
                 headers: Default::default(),
             },
             Denial::NoHealthyUpstream,
+            Denial::ClusterUnavailable,
             Denial::BackendAuthUnavailable,
             Denial::BadGateway,
             Denial::GatewayTimeout,

@@ -397,6 +397,15 @@ async fn phases(
             limit: route_cfg.max_body_bytes,
         });
     }
+    // A body the validation would have to buffer beyond its limit is refused before reading.
+    if let Some(v) = &route_cfg.validation
+        && declared.is_some_and(|n| n > v.max_body_bytes)
+    {
+        ex.phase = "validation";
+        return Err(Denial::PayloadTooLarge {
+            limit: v.max_body_bytes,
+        });
+    }
 
     // Identity and authorization: client certificate, API key, then token, for routes that
     // require them (cheapest first; a route may require any combination).
@@ -463,7 +472,13 @@ async fn phases(
                 client: client.addr,
                 headers: req.headers(),
             };
-            match active.check(route_limits, &facts, declared.unwrap_or(0)) {
+            // Local first: a local refusal never costs a round trip to the cluster store.
+            let checked = active.check(route_limits, &facts, declared.unwrap_or(0));
+            let checked = match checked {
+                Ok(admitted) => active.confirm(admitted).await,
+                Err(refused) => Err(refused),
+            };
+            match checked {
                 Ok(admitted) => ex.limits = Some(admitted),
                 Err(refused) => {
                     ex.rule = refused.rule;
@@ -471,6 +486,14 @@ async fn phases(
                 }
             }
         }
+    }
+
+    // Request validation: after identity and limits, so only admitted clients make the
+    // gateway buffer a body. A checked body is forwarded from the buffer.
+    let mut validated_body: Option<Bytes> = None;
+    if let Some(v) = &route_cfg.validation {
+        ex.phase = "validation";
+        validated_body = validate(v, &route_cfg.name, &mut req, ex).await?;
     }
 
     ex.phase = "upstream";
@@ -546,13 +569,18 @@ async fn phases(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     // Only a request without a body can be sent again: the body was streamed, not kept.
-    let bodyless = body.is_end_stream();
+    let bodyless = validated_body
+        .as_ref()
+        .map_or_else(|| body.is_end_stream(), Bytes::is_empty);
     let attempts = if idempotent && bodyless {
         1 + route_cfg.retries
     } else {
         1
     };
-    let limited: Body = Limited::new(body, route_cfg.max_body_bytes as usize).boxed();
+    let limited: Body = match validated_body {
+        Some(bytes) => respond::full(bytes),
+        None => Limited::new(body, route_cfg.max_body_bytes as usize).boxed(),
+    };
     let mut first_body = Some(limited);
     let mut previous = None;
     let deadline = Instant::now() + route_cfg.timeouts.total;
@@ -651,6 +679,104 @@ async fn phases(
         }
     }
     Err(Denial::BadGateway)
+}
+
+/// Checks the request against the route's validation (docs/validation.md); returns the
+/// buffered body when it was read. In detect mode failures are logged and counted, not refused.
+async fn validate(
+    v: &crate::validation::RouteValidation,
+    route: &str,
+    req: &mut Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<Option<Bytes>, Denial> {
+    use crate::validation::{Head, UnknownOperations};
+    let has_body = !req.body().is_end_stream();
+    let head = v.check_head(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        req.headers(),
+        has_body,
+    );
+    let (mut failures, body_rule) = match head {
+        Head::Unknown if v.unknown_operations == UnknownOperations::Pass => return Ok(None),
+        Head::Unknown => {
+            let rule = "validation:unknown_operation";
+            return validation_verdict(v, route, ex, rule, Denial::NotFound, &[]).map(|()| None);
+        }
+        Head::UnsupportedType => {
+            let rule = "validation:content_type";
+            let denial = Denial::UnsupportedMediaType;
+            return validation_verdict(v, route, ex, rule, denial, &[]).map(|()| None);
+        }
+        Head::Checked { failures, body } => (failures, body),
+    };
+    let mut buffered = None;
+    if has_body {
+        let limit = usize::try_from(v.max_body_bytes).unwrap_or(usize::MAX);
+        let bytes = match Limited::new(req.body_mut(), limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if is_length_limit(e.as_ref()) => {
+                return Err(Denial::PayloadTooLarge {
+                    limit: v.max_body_bytes,
+                });
+            }
+            Err(_) => {
+                return Err(Denial::BadRequest(
+                    "the request body is malformed or incomplete",
+                ));
+            }
+        };
+        failures.extend(body_rule.check(&bytes));
+        buffered = Some(bytes);
+    }
+    if !failures.is_empty() {
+        let rule = "validation:failed";
+        let denial = Denial::ValidationFailed(failures.clone());
+        validation_verdict(v, route, ex, rule, denial, &failures)?;
+    }
+    Ok(buffered)
+}
+
+/// Logs and counts a validation failure; refuses in prevent mode, passes in detect mode.
+fn validation_verdict(
+    v: &crate::validation::RouteValidation,
+    route: &str,
+    ex: &mut Exchange,
+    rule: &str,
+    denial: Denial,
+    failures: &[crate::validation::Failure],
+) -> Result<(), Denial> {
+    let action = v.action.as_str();
+    ex.metrics
+        .validation_failures
+        .get_or_create(&crate::metrics::ValidationLabels {
+            route: route.into(),
+            action: action.into(),
+        })
+        .inc();
+    // Locations and reasons only: the refused values may be secrets.
+    let failures: Vec<String> = failures
+        .iter()
+        .map(|f| format!("{}: {}", f.location, f.reason))
+        .collect();
+    tracing::warn!(
+        target: "portcullis::validation",
+        request_id = %ex.request_id,
+        route,
+        action,
+        rule,
+        ?failures,
+        "request validation failed"
+    );
+    ex.rule = rule.into();
+    match v.action {
+        crate::validation::Action::Prevent => Err(denial),
+        crate::validation::Action::Detect => {
+            ex.metrics.decision("validation", rule, "detect");
+            Ok(())
+        }
+    }
 }
 
 fn is_websocket<B>(req: &Request<B>) -> bool {
