@@ -123,7 +123,8 @@ where
     };
 }
 
-/// Paths: `/health`, `/status/<code>`, `/delay/<ms>`, `/ws` (a WebSocket-style upgrade that
+/// Paths: `/health`, `/status/<code>`, `/delay/<ms>`, `/crash` (a 500 with a stack trace and
+/// leaky headers), `/leaky` (a 200 with those headers), `/ws` (a WebSocket-style upgrade that
 /// echoes bytes), anything else echoes the request as JSON.
 async fn answer(
     name: String,
@@ -163,6 +164,34 @@ async fn answer(
             http::header::CONNECTION,
             http::HeaderValue::from_static("upgrade"),
         );
+        return Ok(resp);
+    }
+    // A crashing backend: a 500 with a stack trace and headers naming its software, which
+    // the gateway must not pass on. `/leaky` is the same headers on a 200.
+    if path.ends_with("/crash") || path.ends_with("/leaky") {
+        let crash = path.ends_with("/crash");
+        let mut resp = reply(
+            if crash {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            },
+            if crash {
+                "Traceback (most recent call last):\n  File \"/srv/orders/app.py\", line 42, in \
+                 handler\npsycopg2.OperationalError: could not connect to db-7.internal:5432\n"
+                    .to_string()
+            } else {
+                format!("{{\"backend\":\"{name}\"}}")
+            },
+        );
+        for (k, v) in [
+            ("server", "Apache/2.4.1 (Unix)"),
+            ("x-powered-by", "PHP/5.6.40"),
+            ("x-internal-host", "db-7.internal"),
+        ] {
+            resp.headers_mut()
+                .insert(k, http::HeaderValue::from_static(v));
+        }
         return Ok(resp);
     }
     // `/status/` and `/delay/` work under any route prefix (`/v1/delay/100`).

@@ -56,6 +56,7 @@ pub fn orders_route(backend: &Backend, auth: RouteAuth) -> ProxyConfig {
             websocket: false,
             auth,
             cors: None,
+            response: None,
             validation: None,
         }],
         pools: vec![PoolConfig {

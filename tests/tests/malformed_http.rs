@@ -82,6 +82,7 @@ async fn gateway() -> (Proxy, std::net::SocketAddr, Backend) {
             websocket: false,
             auth: Default::default(),
             cors: None,
+            response: None,
             validation: None,
         }],
         pools: vec![PoolConfig {

@@ -82,6 +82,7 @@ fn route(name: &str, path: &str, pool: usize) -> RouteConfig {
         websocket: false,
         auth: Default::default(),
         cors: None,
+        response: None,
         validation: None,
     }
 }

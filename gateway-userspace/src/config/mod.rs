@@ -13,6 +13,7 @@ mod client_certs;
 mod cluster;
 mod compile;
 mod cors;
+mod response;
 mod duration;
 mod error;
 mod limits;

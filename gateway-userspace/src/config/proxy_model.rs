@@ -222,6 +222,9 @@ pub struct RouteConfig {
     /// CORS answered by the gateway (`[routes.cors]`); `None`: the gateway adds no CORS
     /// headers and passes the backend's through.
     pub cors: Option<Arc<crate::proxy::cors::CorsPolicy>>,
+    /// What the backend's responses may carry (`[routes.response]`); `None`: the defaults
+    /// (leaky headers stripped, 5xx bodies masked).
+    pub response: Option<Arc<crate::proxy::response_policy::ResponsePolicy>>,
     /// Request validation (`[routes.validation]`, docs/validation.md).
     pub validation: Option<Arc<crate::validation::RouteValidation>>,
 }

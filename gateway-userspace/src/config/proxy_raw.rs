@@ -332,6 +332,8 @@ pub(crate) struct RawRoute {
     pub client_cert: Option<super::client_certs::RawRouteClientCert>,
     /// `[routes.cors]`: `None` when absent or not a table (reported).
     pub cors: Option<super::cors::RawCors>,
+    /// `[routes.response]`: `None` when absent or not a table (reported).
+    pub response: Option<super::response::RawResponse>,
     /// `[routes.validation]`: `None` when absent or not a table (reported).
     pub validation: Option<super::validation::RawValidation>,
 }
@@ -359,6 +361,9 @@ impl RawRoute {
             cors: t
                 .table("cors", d)
                 .read_optional(d, super::cors::RawCors::read),
+            response: t
+                .table("response", d)
+                .read_optional(d, super::response::RawResponse::read),
             validation: t
                 .table("validation", d)
                 .read_optional(d, super::validation::RawValidation::read),

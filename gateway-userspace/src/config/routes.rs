@@ -161,6 +161,10 @@ fn route(
                 limits: None,
             },
             cors,
+            response: r
+                .response
+                .as_ref()
+                .map(|raw| std::sync::Arc::new(super::response::policy(raw, d))),
             validation,
         },
         header: r.header,

@@ -725,6 +725,8 @@ struct Route {
     client_cert: Option<RouteClientCertSection>,
     /// CORS answered by the gateway; absent: no CORS headers are added.
     cors: Option<RouteCors>,
+    /// What backend responses may carry; absent: leaky headers stripped, 5xx bodies masked.
+    response: Option<RouteResponse>,
     /// Request validation against an OpenAPI document or a JSON Schema (docs/validation.md).
     validation: Option<RouteValidationSection>,
 }
@@ -756,6 +758,27 @@ struct RouteValidationSection {
 
 use crate::validation::{Action as ValidationAction, UnknownOperations as ValidationUnknown};
 keyword_schema!(ValidationAction, ValidationUnknown);
+
+keyword_schema!(crate::proxy::response_policy::Action);
+
+/// `[routes.response]`: backend response hygiene. Server, X-Powered-By and similar headers
+/// are always removed.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct RouteResponse {
+    /// Status codes the backend may answer with (others: 502 in prevent mode); absent: any.
+    #[schemars(length(min = 1), inner(range(min = 100, max = 599)))]
+    status_codes: Option<Vec<i64>>,
+    /// prevent: refuse a response outside status_codes. detect: log it and pass it on.
+    #[schemars(extend("default" = "prevent"))]
+    action: Option<crate::proxy::response_policy::Action>,
+    /// Response headers removed in addition to the built-in list.
+    strip_headers: Option<Vec<String>>,
+    /// Replace the body of a backend 5xx (stack traces, internal names) with the gateway's
+    /// problem document; the status is kept.
+    #[schemars(extend("default" = true))]
+    mask_server_errors: Option<bool>,
+}
 
 /// `[routes.cors]`: which web origins may call the route from a browser.
 #[derive(JsonSchema)]
@@ -1437,6 +1460,7 @@ pool = "p"
 [routes.client_cert]
 [routes.cors]
 allowed_origins = ["https://app.example.com"]
+[routes.response]
 [routes.token]
 provider = "idp"
 [[routes.token.rules]]

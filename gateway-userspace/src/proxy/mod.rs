@@ -13,6 +13,7 @@ pub mod identity;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod respond;
+pub mod response_policy;
 pub mod route;
 pub mod service;
 pub mod tls;

@@ -86,6 +86,11 @@ pub enum Denial {
     BackendAuthUnavailable,
     /// Connecting to the backend failed or it answered with something that is not HTTP.
     BadGateway,
+    /// The backend answered with a status code the route does not allow.
+    ResponseNotAllowed,
+    /// The backend answered with this 5xx; its body (stack traces, internal names) is
+    /// replaced by the gateway's problem document.
+    UpstreamError(StatusCode),
     /// The backend did not answer within the route's timeouts.
     GatewayTimeout,
 }
@@ -112,7 +117,8 @@ impl Denial {
             Self::NoHealthyUpstream | Self::BackendAuthUnavailable | Self::ClusterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::BadGateway | Self::ResponseNotAllowed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamError(status) => *status,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -143,6 +149,8 @@ impl Denial {
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::BackendAuthUnavailable => "backend_auth_unavailable",
             Self::BadGateway => "bad_gateway",
+            Self::ResponseNotAllowed => "response_not_allowed",
+            Self::UpstreamError(_) => "upstream_error",
             Self::GatewayTimeout => "gateway_timeout",
         }
     }
@@ -171,6 +179,8 @@ impl Denial {
             | Self::ClusterUnavailable
             | Self::BackendAuthUnavailable
             | Self::BadGateway
+            | Self::ResponseNotAllowed
+            | Self::UpstreamError(_)
             | Self::GatewayTimeout => Side::Upstream,
         }
     }
@@ -234,6 +244,8 @@ impl Denial {
                 "The backend could not be reached or gave an invalid response.".into()
             }
             Self::GatewayTimeout => "The backend did not answer in time.".into(),
+            Self::ResponseNotAllowed => "The backend gave a response this API does not allow.".into(),
+            Self::UpstreamError(_) => "The backend could not complete the request.".into(),
         }
     }
 }
@@ -343,6 +355,8 @@ mod tests {
             Denial::ClusterUnavailable,
             Denial::BackendAuthUnavailable,
             Denial::BadGateway,
+            Denial::ResponseNotAllowed,
+            Denial::UpstreamError(StatusCode::INTERNAL_SERVER_ERROR),
             Denial::GatewayTimeout,
         ];
         for d in all {

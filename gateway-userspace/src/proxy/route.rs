@@ -158,6 +158,7 @@ mod tests {
             websocket: false,
             auth: Default::default(),
             cors: None,
+            response: None,
             validation: None,
         }
     }

@@ -669,12 +669,32 @@ async fn phases(
                 };
                 route.pool.report(&ep, outcome);
                 ex.phase = "response";
-                return Ok(match client_upgrade {
+                // Status and leaky headers are judged before the body is read: a refused or
+                // masked body is never streamed to the client.
+                let defaults = super::response_policy::ResponsePolicy::default();
+                let policy = route_cfg.response.as_deref().unwrap_or(&defaults);
+                let metrics = ex.metrics.clone();
+                match policy.judge(resp.status(), |rule| {
+                    metrics.decision("response", rule, "report");
+                }) {
+                    super::response_policy::Verdict::Pass => {}
+                    super::response_policy::Verdict::StatusNotAllowed => {
+                        ex.rule = format!("response:status_not_allowed:{}", resp.status().as_u16());
+                        return Err(Denial::ResponseNotAllowed);
+                    }
+                    super::response_policy::Verdict::MaskServerError(status) => {
+                        ex.rule = format!("response:masked:{}", status.as_u16());
+                        return Err(Denial::UpstreamError(status));
+                    }
+                }
+                let mut resp = match client_upgrade {
                     Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         tunnel(resp, client_upgrade, in_flight)
                     }
                     _ => finish_response(resp, in_flight, deadline),
-                });
+                };
+                policy.strip(resp.headers_mut());
+                return Ok(resp);
             }
         }
     }
