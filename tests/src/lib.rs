@@ -3,6 +3,7 @@
 //! removes it on drop, so a failing test still cleans up.
 
 pub mod backend;
+pub mod daemon;
 pub mod mmdb_writer;
 pub mod netns;
 pub mod oidc;

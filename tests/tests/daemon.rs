@@ -4,14 +4,14 @@
 //! JSON access log (one line per request, no query string, no secrets), and a graceful drain
 //! that lets an in-flight request finish on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use portcullis_tests::backend::{Backend, Proto};
+use portcullis_tests::daemon::{Daemon, wait_for};
 use portcullis_tests::portcullis_bin;
 
 fn free_port() -> u16 {
@@ -58,52 +58,6 @@ format = "json"
     .unwrap();
 }
 
-/// A running daemon whose stderr lines are collected; killed on drop if still running.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(portcullis_bin())
-            .args(["run", "-c"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start portcullis");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill on the pid of a child we started and have not reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A minimal HTTP/1.1 exchange: returns (status, body).
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -120,17 +74,6 @@ fn http(port: u16, method: &str, path: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_string());
     (status, body)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn ready(admin: u16) -> bool {

@@ -8,12 +8,10 @@
 //! JWKS fetches, cached keys serving while the provider is down, and a provider that is down at
 //! start-up keeping the gateway unready (`/ready` 503, tokens refused) until it comes up.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -28,8 +26,8 @@ use portcullis::identity::oidc::OidcConfig;
 use portcullis::metrics::Metrics;
 use portcullis::proxy::Proxy;
 use portcullis_tests::backend::{Backend, Proto};
+use portcullis_tests::daemon::Daemon;
 use portcullis_tests::oidc::{self, OidcProvider, ProviderKey, RESOURCE, RS256_CLIENT};
-use portcullis_tests::portcullis_bin;
 use portcullis_tests::proxy_config::{discovered_provider, no_rules, orders_route};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
@@ -999,45 +997,6 @@ async fn cached_keys_serve_while_the_provider_is_down() {
 }
 
 // ---- a provider down at start-up, through `portcullis run` --------------------------------------
-
-/// `portcullis run` with its stderr (the JSON log) collected; killed on drop.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(portcullis_bin())
-            .args(["run", "-c"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start portcullis");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Child::kill signals this child's pid only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// (status, body) of one HTTP/1.1 request with `Connection: close`; status 0 when nothing
 /// answers.
