@@ -172,7 +172,7 @@ struct Credentials {
 
 /// Where a request's header value comes from.
 #[derive(Clone)]
-enum Values {
+pub(crate) enum Values {
     None,
     Same(HeaderValue),
     /// `pool[start..end]`, each value once, in order.
@@ -231,13 +231,13 @@ struct Target {
 
 /// What one measurement gave.
 #[derive(Clone, Copy)]
-struct Sample {
+pub(crate) struct Sample {
     /// Successful (200) responses per second over the measured time.
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
     /// Transport errors, timeouts and responses other than 200.
-    errors: u64,
+    pub(crate) errors: u64,
 }
 
 /// The runs of one scenario against one target, or why it was not measured.
@@ -1096,7 +1096,10 @@ struct Connectors {
 /// TLS 1.3, ALPN http/1.1, the test CA as the only root; no session resumption, so that every
 /// new connection is a full handshake (and, with mTLS, a full client-certificate check), as
 /// distinct clients would make.
-fn client_tls(roots: Arc<RootCertStore>, identity: Option<&Leaf>) -> anyhow::Result<TlsConnector> {
+pub(crate) fn client_tls(
+    roots: Arc<RootCertStore>,
+    identity: Option<&Leaf>,
+) -> anyhow::Result<TlsConnector> {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -1112,12 +1115,12 @@ fn client_tls(roots: Arc<RootCertStore>, identity: Option<&Leaf>) -> anyhow::Res
 }
 
 /// What every request of one measurement goes to.
-struct Spec {
-    addr: SocketAddr,
-    path: &'static str,
-    tls: TlsConnector,
-    header: Option<HeaderName>,
-    new_connections: bool,
+pub(crate) struct Spec {
+    pub(crate) addr: SocketAddr,
+    pub(crate) path: &'static str,
+    pub(crate) tls: TlsConnector,
+    pub(crate) header: Option<HeaderName>,
+    pub(crate) new_connections: bool,
 }
 
 impl Spec {
@@ -1184,7 +1187,7 @@ struct Tally {
 /// CONNECTIONS concurrent clients, each one request at a time: WARM_UP on the same
 /// connections, then MEASURE (or until the pool share is spent). Requests in flight at the
 /// deadline are waited for and counted.
-async fn load(spec: Arc<Spec>, warm: Values, measure: Values) -> Sample {
+pub(crate) async fn load(spec: Arc<Spec>, warm: Values, measure: Values) -> Sample {
     let now = Instant::now();
     let plan = Arc::new(Plan {
         warm,

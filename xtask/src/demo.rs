@@ -13,8 +13,11 @@
 //! denied range and the geo-blocked country are dropped by XDP; a ban drops a client until it
 //! expires; the counters say why. Then the same clients go through the proxy: HTTPS to the
 //! gateway, TLS verified against the demo CA, proxied to the backend, which echoes the
-//! forwarding headers it received; an unknown path gets a problem document; the admin endpoint
-//! shows readiness and metrics. Last, the filter outlives the process.
+//! forwarding headers it received; an unknown path gets a problem document; bearer tokens and
+//! roles decide on a route; an API key's burst past its rate limit gets 429 with the budget
+//! headers, and a client that keeps failing authentication is banned in the kernel until the
+//! ban expires; the admin endpoint shows readiness and metrics. Last, the filter outlives the
+//! process.
 //!
 //! Everything the demo creates (namespaces and their veths, the pins under its own pin root,
 //! the gateway process, the temporary directory) is owned by a guard that removes it on drop,
@@ -42,6 +45,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::identity::api_keys::hash_key;
 use portcullis::kernel::{self, Counters, PinLayout};
 use portcullis_tests::mmdb_writer::MmdbBuilder;
 use portcullis_tests::pki::TestPki;
@@ -106,6 +110,19 @@ const COUNTER_ALLOW: &str = "pass/allow";
 const COUNTER_DENY: &str = "drop/deny:abusers";
 const COUNTER_GEO: &str = "drop/geo:SE";
 const COUNTER_BAN: &str = "drop/ban:manual";
+const COUNTER_AUTH_BAN: &str = "drop/ban:auth-failure";
+
+/// Route `limited` needs an API key and allows each key bursts of 5, then one request every 2 s.
+const LIMITED_ROUTE: &str = "limited";
+const LIMITED_PATH: &str = "/limited";
+const RATE_LIMIT: &str = "per-key";
+const RATE_BURST: u32 = 5;
+/// The key the demo's partner application holds; the key file has only its hash.
+const DEMO_KEY: &str = "demo-partner-key-4f7c1e";
+const DEMO_KEY_ID: &str = "partner";
+/// `[abuse]`: this many failed authentications within a minute ban the client for `ABUSE_BAN`.
+const AUTH_THRESHOLD: usize = 5;
+const ABUSE_BAN: Duration = Duration::from_secs(3);
 
 /// A source address in the client namespace and who it stands for.
 struct Client {
@@ -123,8 +140,11 @@ const IN_GB: Client = client("81.2.69.142", "a client in GB");
 const IN_SE: Client = client("89.160.20.112", "a client in SE");
 const MANAGEMENT: Client = client("89.160.20.200", "the management host, in SE");
 const DENIED: Client = client("192.0.2.10", "a client in the denied range");
+/// Its own address, so the ban it earns leaves the other clients' steps alone.
+const GUESSER: Client = client("100.64.0.66", "a client guessing API keys");
 #[rustfmt::skip]
-const CLIENTS: [&Client; 6] = [&ORDINARY, &ORDINARY_V6, &IN_GB, &IN_SE, &MANAGEMENT, &DENIED];
+const CLIENTS: [&Client; 7] =
+    [&ORDINARY, &ORDINARY_V6, &IN_GB, &IN_SE, &MANAGEMENT, &DENIED, &GUESSER];
 
 /// Runs the walkthrough with the `portcullis` binary at `bin`.
 pub fn run(bin: &Path) -> anyhow::Result<()> {
@@ -211,10 +231,13 @@ impl Demo {
         heading("5. Bearer tokens and roles");
         self.tokens(&pki.roots(), &issuer, &mut gateway)?;
 
-        heading("6. The admin endpoint");
+        heading("6. Rate limits and abuse bans");
+        self.limits_and_bans(&pki.roots(), &mut gateway)?;
+
+        heading("7. The admin endpoint");
         self.admin_endpoint()?;
 
-        heading("7. Protection survives the process");
+        heading("8. Protection survives the process");
         println!("  The program, its maps and the XDP link are pinned in bpffs ({PIN_ROOT}),");
         println!(
             "  so they outlive `portcullis run`: a crash or a restart does not open the gate."
@@ -222,7 +245,7 @@ impl Demo {
         self.survives_the_process(&mut gateway)?;
         self.detach()?;
 
-        heading("8. Clean-up");
+        heading("9. Clean-up");
         drop(gateway);
         drop(pins);
         drop(backend);
@@ -407,6 +430,233 @@ impl Demo {
             println!("  | {line}");
         }
         Ok(())
+    }
+
+    /// Route `limited`: a burst past the key's rate limit is answered 429 with the budget
+    /// headers; a client failing authentication again and again is banned in the kernel, its
+    /// packets are dropped until the ban expires, and then it is served again.
+    fn limits_and_bans(
+        &mut self,
+        roots: &Arc<RootCertStore>,
+        gateway: &mut Gateway,
+    ) -> anyhow::Result<()> {
+        println!(
+            "  Route `{LIMITED_ROUTE}` ({LIMITED_PATH}) needs an API key (header Ocp-Apim-Subscription-Key);"
+        );
+        println!(
+            "  rate limit `{RATE_LIMIT}` allows each key bursts of {RATE_BURST}, then one request every 2 s."
+        );
+        println!(
+            "  [abuse] bans a client in the kernel for {} s after {AUTH_THRESHOLD} failed authentications",
+            ABUSE_BAN.as_secs()
+        );
+        println!("  within 60 s.");
+        self.rate_limited(roots)?;
+        self.abuse_ban(roots)?;
+        println!();
+        println!("  The gateway's security events and refusals in its log:");
+        for line in gateway
+            .new_log_lines()
+            .into_iter()
+            .filter(|l| l.contains("abuse_ban") || l.contains("\"status\":429"))
+        {
+            println!("  | {line}");
+        }
+        Ok(())
+    }
+
+    /// A burst of requests with one key: the first `RATE_BURST` pass, the rest get 429.
+    fn rate_limited(&mut self, roots: &Arc<RootCertStore>) -> anyhow::Result<()> {
+        let path = format!("{LIMITED_PATH}/report");
+        let sent = RATE_BURST + 2;
+        println!();
+        println!(
+            "  {} ({}): {sent} x GET https://{SERVER_NAME}{path} at once, with the key of `{DEMO_KEY_ID}`",
+            ORDINARY.addr, ORDINARY.about
+        );
+        self.subject = format!("{}: a burst of {sent} with one key: ", ORDINARY.addr);
+        let key = [("ocp-apim-subscription-key", DEMO_KEY)];
+        let mut statuses = Vec::new();
+        let mut refused = None;
+        for i in 1..=sent {
+            let Some(reply) = self.https_quiet(&ORDINARY, &Method::GET, &path, &key, roots)? else {
+                println!("    {i}: no answer");
+                statuses.push("none".to_string());
+                continue;
+            };
+            println!(
+                "    {i}: < {}   RateLimit: {}",
+                reply.status,
+                reply.header("ratelimit").unwrap_or("(none)")
+            );
+            statuses.push(reply.status.as_u16().to_string());
+            if reply.status == StatusCode::TOO_MANY_REQUESTS && refused.is_none() {
+                refused = Some(reply);
+            }
+        }
+        let expected: Vec<String> = (1..=sent)
+            .map(|i| if i <= RATE_BURST { "200" } else { "429" }.to_string())
+            .collect();
+        self.verify(
+            statuses == expected,
+            "statuses",
+            &expected.join(" "),
+            &statuses.join(" "),
+        );
+        let Some(reply) = refused else {
+            return Ok(());
+        };
+        println!();
+        println!("    the first 429:");
+        for name in [
+            header::RETRY_AFTER.as_str(),
+            "ratelimit-policy",
+            "ratelimit",
+            header::CONTENT_TYPE.as_str(),
+        ] {
+            println!("    < {name}: {}", reply.header(name).unwrap_or("(none)"));
+        }
+        println!("    <");
+        for line in reply.pretty_body().lines() {
+            println!("    | {line}");
+        }
+        // One request every 2 s: the next is admitted in at most 2 s, rounded up to seconds.
+        let retry = reply.header(header::RETRY_AFTER.as_str());
+        self.verify(
+            retry
+                .and_then(|r| r.parse::<u32>().ok())
+                .is_some_and(|r| (1..=2).contains(&r)),
+            "retry-after",
+            "1 or 2 (seconds until the next request is admitted)",
+            retry.unwrap_or("none"),
+        );
+        let policy = reply.header("ratelimit-policy");
+        let wanted = format!("\"{RATE_LIMIT}\";q={RATE_BURST};w=10");
+        self.verify(
+            policy == Some(wanted.as_str()),
+            "ratelimit-policy",
+            &wanted,
+            policy.unwrap_or("none"),
+        );
+        let budget = reply.header("ratelimit");
+        let prefix = format!("\"{RATE_LIMIT}\";r=0;t=");
+        self.verify(
+            budget.is_some_and(|b| b.starts_with(&prefix)),
+            "ratelimit",
+            &format!("{prefix}<seconds>"),
+            budget.unwrap_or("none"),
+        );
+        Ok(())
+    }
+
+    /// Made-up keys from [`GUESSER`] until the threshold: the ban reaches the kernel map, the
+    /// next SYN is dropped, `ban list` names the reason, and after the ban access returns.
+    fn abuse_ban(&mut self, roots: &Arc<RootCertStore>) -> anyhow::Result<()> {
+        let path = format!("{LIMITED_PATH}/report");
+        println!();
+        println!(
+            "  {} ({}): GET https://{SERVER_NAME}{path} with {AUTH_THRESHOLD} made-up keys",
+            GUESSER.addr, GUESSER.about
+        );
+        self.subject = format!("{}: made-up keys: ", GUESSER.addr);
+        let mut statuses = Vec::new();
+        let mut last_answer = Instant::now();
+        for i in 1..=AUTH_THRESHOLD {
+            let guess = format!("guess-{i:04}");
+            let key = [("ocp-apim-subscription-key", guess.as_str())];
+            let reply = self.https_quiet(&GUESSER, &Method::GET, &path, &key, roots)?;
+            last_answer = Instant::now();
+            let status = reply.map_or("none".to_string(), |r| r.status.as_u16().to_string());
+            println!("    {i}: > ocp-apim-subscription-key: {guess}   < {status}");
+            statuses.push(status);
+        }
+        let expected = vec!["401".to_string(); AUTH_THRESHOLD];
+        self.verify(
+            statuses == expected,
+            "statuses",
+            &expected.join(" "),
+            &statuses.join(" "),
+        );
+
+        // The ban is decided on the request path and written to the map by another thread.
+        let src: IpAddr = GUESSER.addr.parse()?;
+        let bans = kernel::Bans::open(&PinLayout::new(Path::new(PIN_ROOT)))?;
+        let reason = loop {
+            let found = bans.lookup(src)?;
+            if found.is_some() || last_answer.elapsed() > Duration::from_secs(1) {
+                break found;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        let banned_at = Instant::now();
+        let in_map = last_answer.elapsed();
+        let got = match reason {
+            Some(r) => format!(
+                "{}, {:.2} ms after the last 401 arrived",
+                r.name(),
+                in_map.as_secs_f64() * 1000.0
+            ),
+            None => "no ban within 1 s".to_string(),
+        };
+        self.verify(
+            reason == Some(kernel::BanReason::AuthFailure),
+            "kernel ban map",
+            "a ban with reason auth-failure within 1 s",
+            &got,
+        );
+        self.handshake_dropped(
+            &GUESSER,
+            "banned for failing authentication",
+            COUNTER_AUTH_BAN,
+        )?;
+
+        println!();
+        let (_, listed) = self.show_output(&["ban", "list", "--pin-root", PIN_ROOT])?;
+        self.subject = "`portcullis ban list`: ".to_string();
+        let line = listed.lines().find(|l| l.contains(GUESSER.addr));
+        self.verify(
+            line.is_some_and(|l| l.contains("auth-failure")),
+            &format!("the entry for {}", GUESSER.addr),
+            "reason auth-failure",
+            line.map_or("no entry", str::trim),
+        );
+
+        println!();
+        println!("  waiting for the ban to expire...");
+        let expiry = ABUSE_BAN + Duration::from_millis(300);
+        interrupt::pause(expiry.saturating_sub(banned_at.elapsed()))?;
+        // With the right key now: the key's budget has refilled since the burst (one every
+        // 2 s), and route `api` stays out of it (step 7 counts that route's answers).
+        let key = [("ocp-apim-subscription-key", DEMO_KEY)];
+        if let Some(reply) = self.https(&GUESSER, &Method::GET, &path, &key, roots)? {
+            let from_backend = reply.body.starts_with("hello from the backend");
+            self.verify(
+                reply.status == StatusCode::OK && from_backend,
+                "after the ban",
+                "200 OK from the backend (the ban has expired)",
+                &reply.status.to_string(),
+            );
+        }
+        Ok(())
+    }
+
+    /// One HTTPS request like [`https`](Self::https) without printing the exchange; `None`
+    /// when the connect timed out, an error when the exchange failed.
+    fn https_quiet(
+        &mut self,
+        client: &Client,
+        method: &Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        roots: &Arc<RootCertStore>,
+    ) -> anyhow::Result<Option<HttpsReply>> {
+        interrupt::check()?;
+        let src: IpAddr = client.addr.parse()?;
+        let dst = proxy_address(src);
+        let roots = Arc::clone(roots);
+        in_netns(NS_CLIENT, move || {
+            https_request(src, dst, method, path, headers, roots)
+        })?
     }
 
     /// `GET https://gateway.demo<path>` from `client` to the proxy, with `headers` added; prints
@@ -787,6 +1037,11 @@ impl Demo {
 
     /// Runs a `portcullis` command and prints it and its output; returns whether it succeeded.
     fn show(&self, args: &[&str]) -> anyhow::Result<bool> {
+        Ok(self.show_output(args)?.0)
+    }
+
+    /// [`show`](Self::show), also returning what the command printed on stdout.
+    fn show_output(&self, args: &[&str]) -> anyhow::Result<(bool, String)> {
         println!("  $ portcullis {}", args.join(" "));
         let out = Command::new(&self.bin)
             .args(args)
@@ -799,7 +1054,7 @@ impl Demo {
         for line in stdout.lines().chain(stderr.lines()) {
             println!("    {line}");
         }
-        Ok(out.status.success())
+        Ok((out.status.success(), stdout.into_owned()))
     }
 
     /// [`show`](Self::show) for a command the demo cannot go on without.
@@ -1169,6 +1424,15 @@ fn write_config(dir: &Path, pki: &TestPki, issuer: &tokens::Issuer) -> anyhow::R
     pki.write_ca(dir);
     pki.write_server(dir, "gateway", &[SERVER_NAME, GW_CLIENT_V4, GW_CLIENT_V6]);
     std::fs::write(dir.join("idp-jwks.json"), issuer.jwks()).context("writing the JWKS")?;
+    // The key file holds hashes only; the client holds the key itself.
+    std::fs::write(
+        dir.join("keys.toml"),
+        format!(
+            "[[keys]]\nid = \"{DEMO_KEY_ID}\"\nowner = \"the demo's partner application\"\nprimary = \"{}\"\nscope = \"all\"\n",
+            hash_key(DEMO_KEY)
+        ),
+    )
+    .context("writing the key file")?;
 
     let config = format!(
         r#"# Written by `cargo xtask demo`.
@@ -1258,10 +1522,43 @@ any = ["API.Write"]
 [[routes.token.claim_headers]]
 header = "X-User-Id"
 claims = ["sub"]
+
+# API keys: keys.toml holds the SHA-256 of each key (`portcullis key hash`), never the key.
+[api_keys]
+file = "keys.toml"
+
+# /limited: an API key, and a rate limit per key.
+[[routes]]
+name = "{LIMITED_ROUTE}"
+hosts = ["{SERVER_NAME}"]
+path = "{LIMITED_PATH}"
+pool = "{POOL}"
+api_key = true
+
+[proxy.limits]
+headers_on_success = true   # the budget headers on every answer, not only on refusals
+
+[[proxy.limits.rate]]
+name = "{RATE_LIMIT}"
+by = ["api_key"]
+routes = ["{LIMITED_ROUTE}"]
+requests = {RATE_BURST}
+per = "10s"                 # one request every 2 s ...
+burst = {RATE_BURST}                   # ... after a burst of {RATE_BURST}
+
+# Failed authentications (wrong keys, bad tokens) from one client: a short kernel ban.
+[abuse]
+[[abuse.rules]]
+kind = "auth_failure"
+threshold = {AUTH_THRESHOLD}
+window = "60s"
+ban = "{abuse_ban}s"
+escalation = "none"
 "#,
         management = MANAGEMENT.addr,
         issuer = tokens::ISSUER,
         audience = tokens::AUDIENCE,
+        abuse_ban = ABUSE_BAN.as_secs(),
     );
     let path = dir.join("portcullis.toml");
     std::fs::write(&path, config).context("writing the config")?;

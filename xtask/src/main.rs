@@ -1,8 +1,10 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench kernel | bench proxy | bench auth`. The README's two commands
-//! are `cargo xtask demo` and `cargo xtask test`; both run the idempotent set-up first.
+//! Project tasks: `cargo xtask setup | test | demo | bench kernel | bench proxy | bench auth |
+//! bench limits`. The README's two commands are `cargo xtask demo` and `cargo xtask test`; both
+//! run the idempotent set-up first.
 
 mod bench;
 mod bench_auth;
+mod bench_limits;
 mod bench_proxy;
 mod bench_util;
 mod demo;
@@ -39,7 +41,7 @@ enum Task {
     },
 }
 
-/// The benchmarks: those of `bench.rs`, and the identity benchmark.
+/// The benchmarks: those of `bench.rs`, the identity benchmark and the limits benchmark.
 #[derive(Subcommand)]
 enum BenchWhich {
     #[command(flatten)]
@@ -47,6 +49,10 @@ enum BenchWhich {
     /// Token validation, API keys and mTLS against Envoy (jwt_authn, api_key_auth, client
     /// certificates): requests/s and p99 per scenario, and the cost of one validation.
     Auth,
+    /// Rate limits and abuse bans: one limit check (local and through Redis), time from the
+    /// offending request to the XDP drop, a shared limit's accuracy, proxy throughput with and
+    /// without a limit (needs root).
+    Limits,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +87,17 @@ fn main() -> anyhow::Result<()> {
                     ])
                 }
                 BenchWhich::Auth => bench_auth::run(),
+                BenchWhich::Limits if cfg!(debug_assertions) => cargo(&[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "--package",
+                    "xtask",
+                    "--",
+                    "bench",
+                    "limits",
+                ]),
+                BenchWhich::Limits => bench_limits::run(),
             }
         }
     }
