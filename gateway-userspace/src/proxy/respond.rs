@@ -244,7 +244,9 @@ impl Denial {
                 "The backend could not be reached or gave an invalid response.".into()
             }
             Self::GatewayTimeout => "The backend did not answer in time.".into(),
-            Self::ResponseNotAllowed => "The backend gave a response this API does not allow.".into(),
+            Self::ResponseNotAllowed => {
+                "The backend gave a response this API does not allow.".into()
+            }
             Self::UpstreamError(_) => "The backend could not complete the request.".into(),
         }
     }
