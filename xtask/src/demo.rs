@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -92,6 +92,18 @@ const ROUTE: &str = "api";
 const ROUTE_PATH: &str = "/api";
 const TOKEN_ROUTE: &str = "orders";
 const TOKEN_PATH: &str = "/orders";
+const CHECKOUT_PATH: &str = "/checkout";
+/// The JSON Schema the demo's /checkout route validates orders against.
+const ORDER_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["item", "quantity"],
+  "properties": {
+    "item": { "type": "string", "minLength": 1 },
+    "quantity": { "type": "integer", "minimum": 1, "maximum": 100 }
+  },
+  "additionalProperties": false
+}"#;
 /// Forwarding headers a client writes about itself; the proxy must believe neither.
 const SPOOFED_XFF: &str = "203.0.113.7";
 const SPOOFED_ID: &str = "chosen-by-the-client";
@@ -231,13 +243,16 @@ impl Demo {
         heading("5. Bearer tokens and roles");
         self.tokens(&pki.roots(), &issuer, &mut gateway)?;
 
-        heading("6. Rate limits and abuse bans");
+        heading("6. Request validation");
+        self.validation(&pki.roots())?;
+
+        heading("7. Rate limits and abuse bans");
         self.limits_and_bans(&pki.roots(), &mut gateway)?;
 
-        heading("7. The admin endpoint");
+        heading("8. The admin endpoint");
         self.admin_endpoint()?;
 
-        heading("8. Protection survives the process");
+        heading("9. Protection survives the process");
         println!("  The program, its maps and the XDP link are pinned in bpffs ({PIN_ROOT}),");
         println!(
             "  so they outlive `portcullis run`: a crash or a restart does not open the gate."
@@ -245,7 +260,7 @@ impl Demo {
         self.survives_the_process(&mut gateway)?;
         self.detach()?;
 
-        heading("9. Clean-up");
+        heading("10. Clean-up");
         drop(gateway);
         drop(pins);
         drop(backend);
@@ -655,8 +670,68 @@ impl Demo {
         let dst = proxy_address(src);
         let roots = Arc::clone(roots);
         in_netns(NS_CLIENT, move || {
-            https_request(src, dst, method, path, headers, roots)
+            https_request(src, dst, method, path, headers, None, roots)
         })?
+    }
+
+    /// Route `/checkout` validates orders against a JSON Schema: a valid order reaches the
+    /// backend, an invalid one is refused with 400 naming the field, never echoing the value.
+    fn validation(&mut self, roots: &Arc<RootCertStore>) -> anyhow::Result<()> {
+        println!(
+            "  Route `checkout` ({CHECKOUT_PATH}) accepts POST with a JSON order that matches"
+        );
+        println!("  order.schema.json: an item and a quantity from 1 to 100, nothing else.");
+        let json = [("content-type", "application/json")];
+        let good = r#"{"item":"lantern","quantity":2}"#;
+        if let Some(reply) = self.https_with_body(
+            &ORDINARY,
+            &Method::POST,
+            CHECKOUT_PATH,
+            &json,
+            Some(good),
+            roots,
+        )? {
+            let from_backend = reply.body.starts_with("hello from the backend");
+            self.verify(
+                reply.status == StatusCode::OK && from_backend,
+                "a valid order",
+                "200 OK from the backend",
+                &reply.status.to_string(),
+            );
+        }
+        let bad = r#"{"item":"lantern","quantity":"lots-secret-value"}"#;
+        if let Some(reply) = self.https_with_body(
+            &ORDINARY,
+            &Method::POST,
+            CHECKOUT_PATH,
+            &json,
+            Some(bad),
+            roots,
+        )? {
+            let problem: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+            let named = problem["failures"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x["location"] == "/quantity"));
+            self.verify(
+                reply.status == StatusCode::BAD_REQUEST
+                    && problem["code"] == "validation_failed"
+                    && named,
+                "an order with a quantity that is not a number",
+                "400 validation_failed naming /quantity",
+                &format!("{} {}", reply.status, problem["code"]),
+            );
+            self.verify(
+                !reply.body.contains("lots-secret-value"),
+                "the refused value",
+                "never echoed in the problem body",
+                if reply.body.contains("lots-secret-value") {
+                    "echoed"
+                } else {
+                    "not echoed"
+                },
+            );
+        }
+        Ok(())
     }
 
     /// `GET https://gateway.demo<path>` from `client` to the proxy, with `headers` added; prints
@@ -669,13 +744,26 @@ impl Demo {
         headers: &[(&str, &str)],
         roots: &Arc<RootCertStore>,
     ) -> anyhow::Result<Option<HttpsReply>> {
+        self.https_with_body(client, method, path, headers, None, roots)
+    }
+
+    /// [`Demo::https`] with a request body.
+    fn https_with_body(
+        &mut self,
+        client: &Client,
+        method: &Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+        roots: &Arc<RootCertStore>,
+    ) -> anyhow::Result<Option<HttpsReply>> {
         interrupt::check()?;
         let src: IpAddr = client.addr.parse()?;
         let dst = proxy_address(src);
         let roots = Arc::clone(roots);
         let started = Instant::now();
         let result = in_netns(NS_CLIENT, move || {
-            https_request(src, dst, method, path, headers, roots)
+            https_request(src, dst, method, path, headers, body, roots)
         })?;
         let took = started.elapsed();
 
@@ -1249,6 +1337,7 @@ fn https_request(
     method: &Method,
     path: &str,
     headers: &[(&str, &str)],
+    body: Option<&str>,
     roots: Arc<RootCertStore>,
 ) -> anyhow::Result<Option<HttpsReply>> {
     let Some(tcp) = connect(src, dst)? else {
@@ -1261,7 +1350,7 @@ fn https_request(
     runtime.block_on(async {
         tokio::time::timeout(
             HTTPS_TIMEOUT,
-            https_exchange(tcp, method, path, headers, roots),
+            https_exchange(tcp, method, path, headers, body, roots),
         )
         .await
         .map_err(|_| anyhow!("no response within {} s", HTTPS_TIMEOUT.as_secs()))?
@@ -1275,6 +1364,7 @@ async fn https_exchange(
     method: &Method,
     path: &str,
     headers: &[(&str, &str)],
+    body: Option<&str>,
     roots: Arc<RootCertStore>,
 ) -> anyhow::Result<HttpsReply> {
     tcp.set_nonblocking(true)?;
@@ -1315,7 +1405,7 @@ async fn https_exchange(
     for (name, value) in headers {
         request = request.header(*name, HeaderValue::from_str(value)?);
     }
-    let request = request.body(Empty::<Bytes>::new())?;
+    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))?;
     let io = TokioIo::new(tls);
     let response = if h2 {
         let (mut sender, connection) =
@@ -1424,6 +1514,7 @@ fn write_config(dir: &Path, pki: &TestPki, issuer: &tokens::Issuer) -> anyhow::R
     pki.write_ca(dir);
     pki.write_server(dir, "gateway", &[SERVER_NAME, GW_CLIENT_V4, GW_CLIENT_V6]);
     std::fs::write(dir.join("idp-jwks.json"), issuer.jwks()).context("writing the JWKS")?;
+    std::fs::write(dir.join("order.schema.json"), ORDER_SCHEMA).context("writing the schema")?;
     // The key file holds hashes only; the client holds the key itself.
     std::fs::write(
         dir.join("keys.toml"),
@@ -1522,6 +1613,18 @@ any = ["API.Write"]
 [[routes.token.claim_headers]]
 header = "X-User-Id"
 claims = ["sub"]
+
+# /checkout: orders are validated against order.schema.json before they reach the backend.
+[[routes]]
+name = "checkout"
+hosts = ["{SERVER_NAME}"]
+path = "{CHECKOUT_PATH}"
+methods = ["POST"]
+pool = "{POOL}"
+
+[routes.validation]
+schema = "order.schema.json"
+content_types = ["application/json"]
 
 # API keys: keys.toml holds the SHA-256 of each key (`portcullis key hash`), never the key.
 [api_keys]
