@@ -96,3 +96,23 @@ pub fn discovered_provider(issuer: &str, audience: &str, oidc: OidcConfig) -> To
         ca_file: None,
     }
 }
+
+/// Writes `text` as `<dir>/portcullis.toml`, loads it (panicking with the errors if it is
+/// refused) and starts the proxy; returns it with its first listener's address.
+pub async fn start_from_toml(
+    dir: &std::path::Path,
+    text: &str,
+) -> (portcullis::proxy::Proxy, std::net::SocketAddr) {
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, text).expect("write the config");
+    let cfg = portcullis::config::load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
+    let proxy = portcullis::proxy::Proxy::start(
+        &cfg.proxy,
+        no_rules(),
+        portcullis::metrics::Metrics::new(None),
+    )
+    .await
+    .expect("start the proxy");
+    let addr = proxy.local_addrs()[0].1;
+    (proxy, addr)
+}

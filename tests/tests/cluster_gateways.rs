@@ -5,15 +5,14 @@
 //! goes away each gateway follows its mode (`open`: local limits; `closed`: 503
 //! `cluster_unavailable`) until Redis is back.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_tests::backend::{Backend, Proto};
-use portcullis_tests::portcullis_bin;
+use portcullis_tests::daemon::Daemon;
 use portcullis_tests::redis::{Redis, redis_server};
 
 fn free_port() -> u16 {
@@ -24,12 +23,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A running gateway whose stderr is collected; killed on drop.
+/// A running gateway (its log collected, killed on drop) and the ports it serves.
 struct Gateway {
-    child: Child,
+    daemon: Daemon,
     listen: u16,
     admin: u16,
-    lines: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -73,26 +71,10 @@ reconnect_backoff_max = "200ms"
             ),
         )
         .unwrap();
-        let mut child = Command::new(portcullis_bin())
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start portcullis");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
         let gw = Self {
-            child,
+            daemon: Daemon::start(&cfg),
             listen,
             admin,
-            lines,
             _dir: dir,
         };
         let admin = gw.admin;
@@ -107,16 +89,7 @@ reconnect_backoff_max = "200ms"
     }
 
     fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.daemon.log().join("\n")
     }
 }
 

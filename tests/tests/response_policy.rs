@@ -9,11 +9,9 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use portcullis::config::load;
-use portcullis::metrics::Metrics;
 use portcullis::proxy::Proxy;
 use portcullis_tests::backend::{Backend, Proto};
-use portcullis_tests::proxy_config::no_rules;
+use portcullis_tests::proxy_config::start_from_toml;
 
 async fn start(dir: &std::path::Path, backend: &Backend) -> (Proxy, SocketAddr) {
     let config = format!(
@@ -62,14 +60,7 @@ action = "detect"
 "#,
         backend = backend.addr
     );
-    let path = dir.join("portcullis.toml");
-    std::fs::write(&path, config).unwrap();
-    let cfg = load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let proxy = Proxy::start(&cfg.proxy, no_rules(), Metrics::new(None))
-        .await
-        .unwrap();
-    let addr = proxy.local_addrs()[0].1;
-    (proxy, addr)
+    start_from_toml(dir, &config).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, String) {

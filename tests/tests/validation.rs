@@ -10,11 +10,9 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use portcullis::config::load;
-use portcullis::metrics::Metrics;
 use portcullis::proxy::Proxy;
 use portcullis_tests::backend::{Backend, Proto};
-use portcullis_tests::proxy_config::no_rules;
+use portcullis_tests::proxy_config::start_from_toml;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start(dir: &Path, backend: &Backend) -> (Proxy, SocketAddr) {
@@ -74,14 +72,7 @@ schema = "validation-body.schema.json"
 "#,
         backend = backend.addr
     );
-    let path = dir.join("portcullis.toml");
-    std::fs::write(&path, config).unwrap();
-    let cfg = load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let proxy = Proxy::start(&cfg.proxy, no_rules(), Metrics::new(None))
-        .await
-        .unwrap();
-    let addr = proxy.local_addrs()[0].1;
-    (proxy, addr)
+    start_from_toml(dir, &config).await
 }
 
 async fn send(

@@ -44,14 +44,18 @@ pub struct ResponsePolicy {
     pub mask_server_errors: bool,
 }
 
+/// The policy of a route without `[routes.response]`: a static, so the request path
+/// builds nothing per response.
+pub static DEFAULT: ResponsePolicy = ResponsePolicy {
+    status_codes: Vec::new(),
+    action: Action::Prevent,
+    strip_headers: Vec::new(),
+    mask_server_errors: true,
+};
+
 impl Default for ResponsePolicy {
     fn default() -> Self {
-        ResponsePolicy {
-            status_codes: Vec::new(),
-            action: Action::Prevent,
-            strip_headers: Vec::new(),
-            mask_server_errors: true,
-        }
+        DEFAULT.clone()
     }
 }
 

@@ -671,9 +671,11 @@ async fn phases(
                 ex.phase = "response";
                 // Status and leaky headers are judged before the body is read: a refused or
                 // masked body is never streamed to the client.
-                let defaults = super::response_policy::ResponsePolicy::default();
-                let policy = route_cfg.response.as_deref().unwrap_or(&defaults);
-                let metrics = ex.metrics.clone();
+                let policy = route_cfg
+                    .response
+                    .as_deref()
+                    .unwrap_or(&super::response_policy::DEFAULT);
+                let metrics = &ex.metrics;
                 match policy.judge(resp.status(), |rule| {
                     metrics.decision("response", rule, "report");
                 }) {
