@@ -359,6 +359,12 @@ pub fn referenced_files(cfg: &Config) -> Vec<PathBuf> {
             .iter()
             .filter_map(|r| Some(r.validation.as_ref()?.file.clone())),
     );
+    files.extend(
+        proxy
+            .routes
+            .iter()
+            .filter_map(|r| Some(r.response.as_ref()?.body.as_ref()?.file.clone())),
+    );
     files.sort();
     files.dedup();
     files

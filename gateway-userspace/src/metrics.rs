@@ -28,6 +28,8 @@ pub struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ValidationLabels {
     pub route: String,
+    /// `request` or `response`.
+    pub direction: String,
     pub action: String,
 }
 

@@ -1086,6 +1086,10 @@ fn the_proxy_example_loads_with_generated_certificates() {
         "webhook.schema.json",
         include_str!("../../examples/webhook.schema.json"),
     );
+    f.file(
+        "webhook-ack.schema.json",
+        include_str!("../../examples/webhook-ack.schema.json"),
+    );
     // A hash of a throwaway key: no secret is committed or needed.
     f.file(
         "api-keys.toml",
@@ -1922,6 +1926,29 @@ fn validation_mistakes() {
          $DIR/portcullis.toml:22:10: error: `routes.validation.action`: unknown value `block`; \
          expected one of: prevent, detect\n\
          $DIR/portcullis.toml:30:10: error: `routes.validation.schema`: invalid value `x.json`: \
+         give `openapi` or `schema`, not both"
+    );
+}
+
+#[test]
+fn response_validation_mistakes() {
+    let f = Fixture::new();
+    f.file(
+        "bad-status.yaml",
+        "openapi: 3.1.0\npaths:\n  /a:\n    get:\n      responses:\n        \"2xx0\": {description: x}\n",
+    );
+    let config = format!(
+        "{USERSPACE}{POOL}\n[[routes]]\nname = \"r\"\npath = \"/r\"\npool = \"api\"\n\
+         [routes.response]\nopenapi = \"bad-status.yaml\"\n\
+         \n[[routes]]\nname = \"s\"\npath = \"/s\"\npool = \"api\"\n[routes.response]\n\
+         openapi = \"a.yaml\"\nschema = \"b.json\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:13:11: error: `routes.response.openapi`: invalid value \
+         `bad-status.yaml`: at `/paths/~1a/get/responses`: `2xx0` is not a status code, a range \
+         such as `2XX`, or `default`\n\
+         $DIR/portcullis.toml:21:10: error: `routes.response.schema`: invalid value `b.json`: \
          give `openapi` or `schema`, not both"
     );
 }

@@ -1,6 +1,7 @@
 //! Backend responses on their way to the client, configured from TOML: headers naming the
 //! backend's software never leave the gateway, a backend 5xx with internal details becomes the
-//! gateway's problem document (status kept), and a route's allowed status codes are enforced.
+//! gateway's problem document (status kept), a route's allowed status codes are enforced, and
+//! response bodies are validated against an OpenAPI document or a JSON Schema.
 
 use std::net::SocketAddr;
 
@@ -13,7 +14,64 @@ use portcullis::proxy::Proxy;
 use portcullis_tests::backend::{Backend, Proto};
 use portcullis_tests::proxy_config::start_from_toml;
 
+/// The echo backend's responses, documented: `/orders/{id}` answers with the echo (valid),
+/// `/invoices/{id}` is documented with a field the echo never has (invalid), `/orders/{id}/status/{code}`
+/// documents 200 and 404 only.
+const OPENAPI: &str = r#"
+openapi: 3.1.0
+info: {title: echo, version: "1"}
+paths:
+  /checked/orders/{id}:
+    parameters:
+      - {name: id, in: path, required: true, schema: {type: string}}
+    get:
+      responses:
+        "200":
+          description: the order
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/Echo'}
+  /checked/invoices/{id}:
+    parameters:
+      - {name: id, in: path, required: true, schema: {type: string}}
+    get:
+      responses:
+        "200":
+          description: the invoice
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [invoice_id]
+  /checked/orders/{id}/status/{code}:
+    parameters:
+      - {name: id, in: path, required: true, schema: {type: string}}
+      - {name: code, in: path, required: true, schema: {type: integer}}
+    get:
+      responses:
+        "200": {description: ok}
+        "404":
+          description: gone
+          content:
+            application/json:
+              schema: {type: object, required: [status]}
+components:
+  schemas:
+    Echo:
+      type: object
+      required: [backend, method, uri]
+      properties:
+        method: {enum: [GET]}
+        body_len: {type: integer, minimum: 0}
+"#;
+
 async fn start(dir: &std::path::Path, backend: &Backend) -> (Proxy, SocketAddr) {
+    std::fs::write(dir.join("echo.openapi.yaml"), OPENAPI).unwrap();
+    std::fs::write(
+        dir.join("echo.schema.json"),
+        r#"{"type": "object", "required": ["backend", "uri"], "properties": {"backend": {"const": "orders"}}}"#,
+    )
+    .unwrap();
     let config = format!(
         r#"
 [kernel]
@@ -57,6 +115,30 @@ pool = "orders"
 [routes.response]
 status_codes = [200]
 action = "detect"
+
+[[routes]]
+name = "checked"
+path = "/checked"
+pool = "orders"
+[routes.response]
+openapi = "echo.openapi.yaml"
+
+[[routes]]
+name = "checked-detect"
+path = "/audited"
+pool = "orders"
+[routes.response]
+schema = "echo.schema.json"
+action = "detect"
+max_body_size = "1KiB"
+
+[[routes]]
+name = "small"
+path = "/small"
+pool = "orders"
+[routes.response]
+schema = "echo.schema.json"
+max_body_size = "1KiB"
 "#,
         backend = backend.addr
     );
@@ -64,13 +146,21 @@ action = "detect"
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, String) {
+    get_with(addr, path, &[]).await
+}
+
+async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
     let resp = client
-        .request(
-            Request::get(format!("http://{addr}{path}"))
-                .body(Empty::new())
-                .unwrap(),
-        )
+        .request(req.body(Empty::new()).unwrap())
         .await
         .unwrap();
     let (status, headers) = (resp.status(), resp.headers().clone());
@@ -137,4 +227,60 @@ async fn allowed_status_codes_prevent_and_detect() {
     let (status, _, body) = get(addr, "/watched/status/201").await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(body.contains("\"status\":201"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_follow_the_openapi_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("orders", Proto::Http1).await;
+    let (_proxy, addr) = start(dir.path(), &backend).await;
+
+    // The echo matches the documented order: passed on byte for byte.
+    let (status, _, body) = get(addr, "/checked/orders/7").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["uri"], "/checked/orders/7");
+
+    // The invoice schema requires a field the backend does not send: 502, and the client
+    // learns nothing of the backend's answer.
+    let (status, _, body) = get(addr, "/checked/invoices/7").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["code"], "response_not_allowed");
+    assert!(
+        !body.contains("invoice_id") && !body.contains("\"backend\""),
+        "{body}"
+    );
+
+    // Documented statuses pass (404 with its body schema), an undocumented one does not.
+    let (status, _, _) = get(addr, "/checked/orders/7/status/404").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = get(addr, "/checked/orders/7/status/201").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "201 is not documented");
+    // A path the document does not describe is not judged.
+    let (status, _, _) = get(addr, "/checked/elsewhere/status/201").await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_schema_detect_mode_and_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start("orders", Proto::Http1).await;
+    let (_proxy, addr) = start(dir.path(), &backend).await;
+
+    // The echo names its backend "orders", as the schema requires.
+    let (status, _, _) = get(addr, "/small/x").await;
+    assert_eq!(status, StatusCode::OK);
+    // A response larger than max_body_size cannot be checked: refused in prevent mode...
+    let pad = "p".repeat(2048);
+    let (status, _, body) = get_with(addr, "/small/x", &[("x-pad", &pad)]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // ...passed on whole in detect mode.
+    let (status, _, body) = get_with(addr, "/audited/x", &[("x-pad", &pad)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["headers"]["x-pad"], pad.as_str());
+    // Only 2xx bodies are held to the schema: a 404 passes either way.
+    let (status, _, _) = get(addr, "/small/status/404").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -1,14 +1,25 @@
-//! Compiles a route's `[routes.response]`: allowed status codes, prevent or detect, extra
-//! headers to strip, and whether backend 5xx bodies are masked. Without the section a route
-//! still gets the defaults of [`ResponsePolicy`].
+//! Compiles a route's `[routes.response]`: allowed status codes, response validation against
+//! a JSON Schema or an OpenAPI document, prevent or detect, extra headers to strip, and
+//! whether backend 5xx bodies are masked. Without the section a route still gets the defaults
+//! of [`ResponsePolicy`].
+
+use std::sync::Arc;
 
 use http::HeaderName;
+use toml::Spanned;
 
 use super::error::ErrorKind;
 use super::raw::Strings;
 use super::reader::{Field, Keyword, Table};
+use super::size::{self, RawSize};
 use super::source::Diagnostics;
 use crate::proxy::response_policy::{Action, ResponsePolicy};
+use crate::validation::openapi::{self, Dialect, Parts};
+use crate::validation::response::{ResponseRules, ResponseValidation};
+
+/// Response bodies are buffered for validation up to this size unless `max_body_size` says
+/// otherwise: API responses are small, and the buffer is held per request in flight.
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 
 impl Keyword for Action {
     const WORDS: &'static [(&'static str, Self)] =
@@ -21,6 +32,9 @@ pub(crate) struct RawResponse {
     pub action: Field<Action>,
     pub strip_headers: Field<Strings>,
     pub mask_server_errors: Field<bool>,
+    pub schema: Field<String>,
+    pub openapi: Field<String>,
+    pub max_body_size: Field<RawSize>,
 }
 
 impl RawResponse {
@@ -30,6 +44,9 @@ impl RawResponse {
             action: t.keyword("action", d),
             strip_headers: t.value("strip_headers", d),
             mask_server_errors: t.value("mask_server_errors", d),
+            schema: t.value("schema", d),
+            openapi: t.value("openapi", d),
+            max_body_size: t.value("max_body_size", d),
         };
         t.finish(d);
         raw
@@ -80,5 +97,76 @@ pub(crate) fn policy(raw: &RawResponse, d: &mut Diagnostics) -> ResponsePolicy {
         action: raw.action.value_or(Action::Prevent),
         strip_headers,
         mask_server_errors: raw.mask_server_errors.value_or(true),
+        body: body_validation(raw, d),
     }
+}
+
+/// `schema` or `openapi`, compiled now so a broken document is a config error at its key.
+fn body_validation(raw: &RawResponse, d: &mut Diagnostics) -> Option<Arc<ResponseValidation>> {
+    let (key, file, is_openapi) = match (raw.openapi.present(), raw.schema.present()) {
+        (Some(_), Some(schema)) => {
+            invalid(
+                "routes.response.schema",
+                schema,
+                "give `openapi` or `schema`, not both".into(),
+                d,
+            );
+            return None;
+        }
+        (Some(f), None) => ("routes.response.openapi", f, true),
+        (None, Some(f)) => ("routes.response.schema", f, false),
+        // `max_body_size` alone bounds nothing; writing out its default is not a mistake.
+        (None, None) => return None,
+    };
+    let path = super::compile::resolve(key, file, d)?;
+    let rules = std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            let value = openapi::parse(&text).map_err(|e| e.to_string())?;
+            if is_openapi {
+                openapi::operations(value, Parts::Responses)
+                    .map(ResponseRules::OpenApi)
+                    .map_err(|e| e.to_string())
+            } else {
+                openapi::compile(&value, "", Dialect::Draft202012)
+                    .map(ResponseRules::Body)
+                    .map_err(|e| e.to_string())
+            }
+        });
+    let rules = match rules {
+        Ok(rules) => rules,
+        Err(reason) => {
+            invalid(key, file, reason, d);
+            return None;
+        }
+    };
+    let max_body_bytes = match raw.max_body_size.present() {
+        Some(s) => match size::parse(s.get_ref()) {
+            Ok(n) => n,
+            Err(reason) => {
+                let kind = ErrorKind::Size {
+                    key: "routes.response.max_body_size".into(),
+                    value: s.get_ref().to_string(),
+                    reason,
+                };
+                d.at(&s.span(), kind);
+                DEFAULT_MAX_BODY
+            }
+        },
+        None => DEFAULT_MAX_BODY,
+    };
+    Some(Arc::new(ResponseValidation {
+        rules,
+        max_body_bytes,
+        file: path,
+    }))
+}
+
+fn invalid(key: &str, file: &Spanned<String>, reason: String, d: &mut Diagnostics) {
+    let kind = ErrorKind::Invalid {
+        key: key.into(),
+        value: file.get_ref().clone(),
+        reason,
+    };
+    d.at(&file.span(), kind);
 }

@@ -769,9 +769,19 @@ struct RouteResponse {
     /// Status codes the backend may answer with (others: 502 in prevent mode); absent: any.
     #[schemars(length(min = 1), inner(range(min = 100, max = 599)))]
     status_codes: Option<Vec<i64>>,
-    /// prevent: refuse a response outside status_codes. detect: log it and pass it on.
+    /// prevent: refuse a response outside status_codes, or one that fails schema/openapi
+    /// (502). detect: log it and pass it on.
     #[schemars(extend("default" = "prevent"))]
     action: Option<crate::proxy::response_policy::Action>,
+    /// A JSON Schema (2020-12 unless it says otherwise) for the JSON bodies of 2xx responses.
+    schema: Option<FilePath>,
+    /// An OpenAPI 3.0 or 3.1 document: the status, media type and JSON body of each response
+    /// are checked against the matching operation's `responses`.
+    openapi: Option<FilePath>,
+    /// Response bodies are buffered for validation up to this size; larger ones are refused
+    /// (prevent) or passed on unchecked (detect). No effect without schema or openapi.
+    #[schemars(extend("default" = "1MiB"))]
+    max_body_size: Option<Size>,
     /// Response headers removed in addition to the built-in list.
     strip_headers: Option<Vec<String>>,
     /// Replace the body of a backend 5xx (stack traces, internal names) with the gateway's

@@ -87,7 +87,7 @@ pub(crate) fn compile(
         .and_then(|text| {
             let value = openapi::parse(&text).map_err(|e| e.to_string())?;
             if is_openapi {
-                openapi::operations(value)
+                openapi::operations(value, openapi::Parts::Requests)
                     .map(Rules::OpenApi)
                     .map_err(|e| e.to_string())
             } else {

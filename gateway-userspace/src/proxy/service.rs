@@ -29,6 +29,7 @@ use crate::config::{
     Hsts, ListenerConfig, ListenerKind, PlainMode, ProxyConfig, RouteConfig, TrustedProxies,
 };
 use crate::metrics::Metrics;
+use crate::validation::Failure;
 
 /// One route's pool and its client (with the route's connect timeout); index for index with
 /// `ProxyState::route_configs`.
@@ -693,7 +694,16 @@ async fn phases(
                     Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         tunnel(resp, client_upgrade, in_flight)
                     }
-                    _ => finish_response(resp, in_flight, deadline),
+                    _ => {
+                        let resp = finish_response(resp, in_flight, deadline);
+                        let path = parts.uri.path();
+                        let mut report = |rule: &'static str, failures: &[Failure]| {
+                            response_validation_failed(ex, policy.action, rule, failures);
+                        };
+                        policy
+                            .validate(&parts.method, path, resp, deadline, &mut report)
+                            .await?
+                    }
                 };
                 policy.strip(resp.headers_mut());
                 return Ok(resp);
@@ -760,6 +770,47 @@ async fn validate(
     Ok(buffered)
 }
 
+/// Logs and counts a response validation failure. The failures describe the backend's answer,
+/// so they go to the log only, never to the client.
+fn response_validation_failed(
+    ex: &mut Exchange,
+    action: super::response_policy::Action,
+    rule: &'static str,
+    failures: &[Failure],
+) {
+    let action = match action {
+        super::response_policy::Action::Prevent => "prevent",
+        super::response_policy::Action::Detect => "detect",
+    };
+    let route = ex.route.clone().unwrap_or_default();
+    ex.metrics
+        .validation_failures
+        .get_or_create(&crate::metrics::ValidationLabels {
+            route: route.clone(),
+            direction: "response".into(),
+            action: action.into(),
+        })
+        .inc();
+    let failures: Vec<String> = failures
+        .iter()
+        .map(|f| format!("{}: {}", f.location, f.reason))
+        .collect();
+    tracing::warn!(
+        target: "portcullis::validation",
+        request_id = %ex.request_id,
+        route,
+        action,
+        rule,
+        upstream = ex.upstream.as_deref().unwrap_or_default(),
+        ?failures,
+        "response validation failed"
+    );
+    ex.rule = rule.into();
+    if action == "detect" {
+        ex.metrics.decision("response", rule, "detect");
+    }
+}
+
 /// Logs and counts a validation failure; refuses in prevent mode, passes in detect mode.
 fn validation_verdict(
     v: &crate::validation::RouteValidation,
@@ -774,6 +825,7 @@ fn validation_verdict(
         .validation_failures
         .get_or_create(&crate::metrics::ValidationLabels {
             route: route.into(),
+            direction: "request".into(),
             action: action.into(),
         })
         .inc();

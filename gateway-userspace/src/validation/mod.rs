@@ -3,10 +3,13 @@
 //! its path, query and header parameters, its content type and its JSON body are checked
 //! against the document's schemas; or, with a plain JSON Schema, only the body is.
 //!
+//! Responses are checked by [`response`] (`[routes.response]` with `schema` or `openapi`).
+//!
 //! Failures name the field (a JSON pointer or a parameter name) and a short reason built from
 //! the schema, never from the request: a refused value may be a password or a card number.
 
 pub mod openapi;
+pub mod response;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,7 +90,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(location: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(location: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             location: location.into(),
             reason: reason.into(),
@@ -270,13 +273,13 @@ fn escape(token: &str) -> String {
 }
 
 /// The request's media type, lower case, without parameters.
-fn media_type(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
     let m = v.split(';').next()?.trim().to_ascii_lowercase();
     (!m.is_empty()).then_some(m)
 }
 
-fn is_json(media: &str) -> bool {
+pub(crate) fn is_json(media: &str) -> bool {
     media == "application/json" || media.ends_with("+json")
 }
 
@@ -286,7 +289,7 @@ fn allowed(list: &[String], media: Option<&str>) -> bool {
 }
 
 /// `type/subtype`, `type/*` or `*/*` against a media type (both lower case).
-fn range_matches(range: &str, media: &str) -> bool {
+pub(crate) fn range_matches(range: &str, media: &str) -> bool {
     let range = range.split(';').next().unwrap_or_default().trim();
     if range == "*/*" || range == media {
         return true;

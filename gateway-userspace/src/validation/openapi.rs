@@ -94,6 +94,33 @@ pub struct Operation {
     pub body_required: bool,
     /// Media ranges of `requestBody.content`, lower case, with their schemas.
     pub media: Vec<(String, Option<Arc<Schema>>)>,
+    /// The documented responses; empty unless loaded with [`Parts::Responses`].
+    pub responses: Vec<Response>,
+}
+
+/// Which status codes a documented response covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusKey {
+    Exact(u16),
+    /// `2XX`: the hundreds digit.
+    Class(u16),
+    Default,
+}
+
+/// One entry of an operation's `responses`.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusKey,
+    /// Media ranges of its `content`, lower case, with their schemas.
+    pub media: Media,
+}
+
+/// What [`operations`] compiles: request validation needs parameters and request bodies,
+/// response validation needs the responses too (their schemas cost compile time and memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parts {
+    Requests,
+    Responses,
 }
 
 const METHODS: [&str; 8] = [
@@ -213,7 +240,7 @@ fn has_ref(v: &Value) -> bool {
 }
 
 /// The operations of an OpenAPI document.
-pub fn operations(mut doc: Value) -> Result<Vec<Operation>, DocumentError> {
+pub fn operations(mut doc: Value, parts: Parts) -> Result<Vec<Operation>, DocumentError> {
     let version = doc
         .get("openapi")
         .and_then(Value::as_str)
@@ -287,6 +314,13 @@ pub fn operations(mut doc: Value) -> Result<Vec<Operation>, DocumentError> {
                 }
                 None => (false, Vec::new()),
             };
+            let responses = match (parts, op.get("responses")) {
+                (Parts::Responses, Some(r)) => {
+                    let ptr = resolve_ptr(&doc, &format!("{op_ptr}/responses"), r)?;
+                    responses(&doc, &ptr, dialect)?
+                }
+                _ => Vec::new(),
+            };
             ops.push(Operation {
                 method: Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                     .unwrap_or(Method::GET),
@@ -295,6 +329,7 @@ pub fn operations(mut doc: Value) -> Result<Vec<Operation>, DocumentError> {
                 params,
                 body_required,
                 media,
+                responses,
             });
         }
     }
@@ -442,7 +477,8 @@ fn type_of(schema: &Value) -> Option<String> {
     }
 }
 
-type Media = Vec<(String, Option<Arc<Schema>>)>;
+/// Media ranges (lower case) with the schema of each, when it has one.
+pub type Media = Vec<(String, Option<Arc<Schema>>)>;
 
 fn request_body(doc: &Value, ptr: &str, dialect: Dialect) -> Result<(bool, Media), DocumentError> {
     let b = doc.pointer(ptr).unwrap_or(&Value::Null);
@@ -462,6 +498,69 @@ fn request_body(doc: &Value, ptr: &str, dialect: Dialect) -> Result<(bool, Media
         }
     }
     Ok((required, media))
+}
+
+/// The `responses` object at `ptr`: status keys (`200`, `2XX`, `default`) with their media.
+fn responses(doc: &Value, ptr: &str, dialect: Dialect) -> Result<Vec<Response>, DocumentError> {
+    let Some(map) = doc.pointer(ptr).and_then(Value::as_object) else {
+        return Err(DocumentError::at(ptr, "`responses` must be an object"));
+    };
+    let mut out = Vec::new();
+    for (key, r) in map {
+        // Specification extensions (`x-...`) are not responses.
+        if key.starts_with("x-") {
+            continue;
+        }
+        let status = status_key(key).ok_or_else(|| {
+            DocumentError::at(
+                ptr,
+                format!("`{key}` is not a status code, a range such as `2XX`, or `default`"),
+            )
+        })?;
+        let rptr = resolve_ptr(doc, &format!("{ptr}/{}", escape(key)), r)?;
+        let mut media = Vec::new();
+        let content = doc.pointer(&rptr).and_then(|r| r.get("content"));
+        if let Some(content) = content.and_then(Value::as_object) {
+            for (range, m) in content {
+                let schema = match m.get("schema") {
+                    Some(_) => Some(compile(
+                        doc,
+                        &format!("{rptr}/content/{}/schema", escape(range)),
+                        dialect,
+                    )?),
+                    None => None,
+                };
+                media.push((range.to_ascii_lowercase(), schema));
+            }
+        }
+        out.push(Response { status, media });
+    }
+    Ok(out)
+}
+
+fn status_key(key: &str) -> Option<StatusKey> {
+    if key == "default" {
+        return Some(StatusKey::Default);
+    }
+    let b = key.as_bytes();
+    if b.len() != 3 || !(b'1'..=b'5').contains(&b[0]) {
+        return None;
+    }
+    if b[1..].eq_ignore_ascii_case(b"XX") {
+        return Some(StatusKey::Class(u16::from(b[0] - b'0')));
+    }
+    key.parse().ok().map(StatusKey::Exact)
+}
+
+impl Operation {
+    /// The documented response for `status`: the exact code, else its class (`2XX`), else
+    /// `default`.
+    pub fn response_for(&self, status: u16) -> Option<&Response> {
+        let find = |k: StatusKey| self.responses.iter().find(|r| r.status == k);
+        find(StatusKey::Exact(status))
+            .or_else(|| find(StatusKey::Class(status / 100)))
+            .or_else(|| find(StatusKey::Default))
+    }
 }
 
 fn escape(token: &str) -> String {
@@ -696,7 +795,7 @@ components:
 
     #[test]
     fn operations_match_by_template_and_method() {
-        let ops = operations(parse(DOC).expect("parse")).expect("ops");
+        let ops = operations(parse(DOC).expect("parse"), Parts::Requests).expect("ops");
         let find = |m: &Method, p: &str| {
             ops.iter()
                 .find(|o| o.method == *m && o.match_path(p).is_some())
@@ -711,7 +810,7 @@ components:
 
     #[test]
     fn parameters_are_parsed_to_their_types() {
-        let ops = operations(parse(DOC).expect("parse")).expect("ops");
+        let ops = operations(parse(DOC).expect("parse"), Parts::Requests).expect("ops");
         let op = ops
             .iter()
             .find(|o| o.template == "/orders/{id}")
@@ -730,7 +829,7 @@ components:
 
     #[test]
     fn nullable_and_refs_in_openapi_30() {
-        let ops = operations(parse(DOC).expect("parse")).expect("ops");
+        let ops = operations(parse(DOC).expect("parse"), Parts::Requests).expect("ops");
         let op = ops.iter().find(|o| o.method == Method::POST).expect("op");
         let schema = op.media[0].1.as_ref().expect("schema");
         let ok = serde_json::json!({"item": "a", "note": null});
@@ -753,7 +852,7 @@ components:
             "openapi: 3.1.0\npaths:\n  /a:\n    post:\n      requestBody:\n        content:\n          application/json:\n            schema: {type: 12}\n",
             "openapi: 3.1.0\npaths:\n  a{:\n    get: {}\n",
         ] {
-            let r = parse(doc).and_then(operations);
+            let r = parse(doc).and_then(|d| operations(d, Parts::Responses));
             assert!(r.is_err(), "{doc}");
         }
     }
