@@ -183,12 +183,36 @@ async fn parameters_are_checked_by_their_schemas() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(locations(&p), ["header:X-Tenant"]);
 
+    let region = |r: &'static str| ("cookie", r);
+    assert_eq!(
+        send(
+            addr,
+            Method::GET,
+            "/orders",
+            &[tenant, region("theme=dark; region=eu")],
+            ""
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (s, p) = send(
+        addr,
+        Method::GET,
+        "/orders",
+        &[tenant, region("region=mars")],
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(locations(&p), ["cookie:region"]);
+
     // Not in the document, refused with unknown_operations = "refuse".
     assert_eq!(
         send(addr, Method::DELETE, "/orders/1", &[], "").await.0,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(backend.served(), 2);
+    assert_eq!(backend.served(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

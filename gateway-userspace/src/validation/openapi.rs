@@ -49,6 +49,7 @@ pub enum ParamIn {
     Path,
     Query,
     Header,
+    Cookie,
 }
 
 impl ParamIn {
@@ -57,6 +58,7 @@ impl ParamIn {
             Self::Path => "path",
             Self::Query => "query",
             Self::Header => "header",
+            Self::Cookie => "cookie",
         }
     }
 }
@@ -419,8 +421,7 @@ fn param(doc: &Value, ptr: &str, dialect: Dialect) -> Result<Option<Param>, Docu
         Some("path") => ParamIn::Path,
         Some("query") => ParamIn::Query,
         Some("header") => ParamIn::Header,
-        // Cookies are not checked (docs/validation.md).
-        Some("cookie") => return Ok(None),
+        Some("cookie") => ParamIn::Cookie,
         _ => {
             return Err(DocumentError::at(
                 ptr,
@@ -661,6 +662,7 @@ impl Operation {
                     .iter()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                     .collect(),
+                ParamIn::Cookie => cookies(headers, &p.name),
             };
             let location = format!("{}:{}", p.location.as_str(), p.name);
             if raw.is_empty() {
@@ -698,6 +700,21 @@ impl Param {
         // A repeated scalar parameter: the first one counts (as most frameworks read it).
         scalar(self.ty.as_deref(), raw[0].trim())
     }
+}
+
+/// The values of cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4: pairs
+/// separated by `;`, an h2 client may split them over several headers).
+fn cookies(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"').to_string())
+        })
+        .collect()
 }
 
 fn scalar(ty: Option<&str>, s: &str) -> Value {
@@ -770,6 +787,7 @@ paths:
     get:
       parameters:
         - {name: expand, in: query, schema: {type: boolean}}
+        - {name: session, in: cookie, required: true, schema: {type: string, pattern: '^[a-f0-9]{8}$'}}
       responses:
         200: {description: ok}
   /orders/mine:
@@ -815,7 +833,8 @@ components:
             .iter()
             .find(|o| o.template == "/orders/{id}")
             .expect("op");
-        let h = HeaderMap::new();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "theme=dark; session=0a1b2c3d".parse().unwrap());
         assert!(
             op.check_params(&[("id", "7")], Some("expand=true"), &h)
                 .is_empty()
@@ -825,6 +844,14 @@ components:
         assert_eq!(at, ["query:expand", "path:id"]);
         let f = op.check_params(&[("id", "0")], None, &h);
         assert_eq!(f[0].reason, "must be at least 1");
+        // Cookies: a missing required one, and one that fails its pattern.
+        let f = op.check_params(&[("id", "7")], None, &HeaderMap::new());
+        assert_eq!(f[0].location, "cookie:session");
+        assert_eq!(f[0].reason, "required parameter is missing");
+        h.insert("cookie", "session=not-hex!".parse().unwrap());
+        let f = op.check_params(&[("id", "7")], None, &h);
+        assert_eq!(f[0].location, "cookie:session");
+        assert_eq!(f[0].reason, "does not match the required pattern");
     }
 
     #[test]
