@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::abuse::Abuse;
 use crate::admin::{self, AdminState, ReloadReply};
-use crate::config::{self, AbuseConfig, Config, ListenerKind};
+use crate::config::{self, Config, ListenerKind};
 use crate::kernel::{Bans, KernelControl, ReloadOutcome};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::proxy::Proxy;
@@ -88,31 +88,34 @@ struct Daemon {
     abuse: Arc<Abuse>,
     /// Cluster mode; kept across reloads that leave `[cluster]` as it is.
     cluster: Option<ClusterRun>,
+    /// The store of `cluster`, shared with the admin endpoint, which publishes operators'
+    /// bans and unbans through it.
+    cluster_handle: SharedCluster,
 }
+
+/// The cluster store in use, if any; replaced when a reload changes `[cluster]`.
+pub type SharedCluster = Arc<std::sync::RwLock<Option<crate::cluster::Cluster>>>;
 
 impl Daemon {
     /// The backstop of a new generation, with the abuse engine brought to the same generation
     /// (its settings, the kernel map or none, the allow list and trusted hops it never bans).
-    fn backstop(
-        &self,
-        compiled: Arc<CompiledRules>,
-        config: &Config,
-        abuse: AbuseConfig,
-    ) -> Backstop {
+    /// `[abuse]` changes apply here, on every reload: the detector's thresholds and windows
+    /// (counts and offender history are kept) and the cap on tracked clients.
+    fn backstop(&self, compiled: Arc<CompiledRules>, config: &Config) -> Backstop {
         let layout = config.kernel.enabled.then(|| self.kernel.layout());
         self.abuse.configure(
-            abuse,
+            config.abuse.clone(),
             layout.cloned(),
             compiled.clone(),
             config.proxy.trusted.clone(),
         );
+        self.abuse.set_allow_list(config.rules.allow.clone());
         Backstop::new(compiled, layout).with_abuse(self.abuse.clone())
     }
 
     /// The one reload path. On error nothing has changed.
     async fn reload(&mut self) -> anyhow::Result<String> {
-        let (config, abuse) =
-            config::load_with_abuse(&self.path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config = config::load(&self.path).map_err(|e| anyhow::anyhow!("{e}"))?;
         if config.kernel.pin_root != self.config.kernel.pin_root {
             anyhow::bail!(
                 "kernel.pin_root changed from {} to {}; that needs a restart",
@@ -134,7 +137,7 @@ impl Daemon {
         if config.kernel.enabled {
             apply(&mut self.kernel, &config, &compiled)?;
         }
-        let backstop = self.backstop(compiled, &config, abuse);
+        let backstop = self.backstop(compiled, &config);
         match (&mut self.proxy, prepared) {
             (Some(p), Some(prepared)) => p.commit(&config.proxy, prepared, backstop),
             _ if !config.proxy.listeners.is_empty() => {
@@ -163,6 +166,7 @@ impl Daemon {
             // The old store (and its ban tasks) stops before the new one starts.
             self.cluster = None;
             self.cluster = self.start_cluster(&config).await;
+            self.share_cluster();
         }
         self.config = config;
         info!(config = %self.path.display(), %summary, kernel_rules = %rule_diff, "configuration reloaded");
@@ -171,8 +175,14 @@ impl Daemon {
 
     async fn start_cluster(&self, config: &Config) -> Option<ClusterRun> {
         let cluster = config.cluster.clone()?;
-        let kernel = config.kernel.enabled.then(|| self.kernel.layout().clone());
-        Some(ClusterRun::start(cluster, self.metrics.clone(), self.abuse.clone(), kernel).await)
+        Some(ClusterRun::start(cluster, self.metrics.clone(), self.abuse.clone()).await)
+    }
+
+    /// Hands the current store (or none) to the admin endpoint.
+    fn share_cluster(&self) {
+        if let Ok(mut slot) = self.cluster_handle.write() {
+            *slot = self.cluster.as_ref().map(|c| c.store.clone());
+        }
     }
 
     async fn reload_logged(&mut self, trigger: &str) -> ReloadReply {
@@ -196,11 +206,10 @@ impl Daemon {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let (config, abuse_config) =
-        config::load_with_abuse(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let kernel = KernelControl::new(&config.kernel.pin_root);
     let metrics = Metrics::new(config.kernel.enabled.then(|| kernel.layout().clone()));
-    let abuse = Abuse::new(abuse_config.clone(), Some(metrics.clone()));
+    let abuse = Abuse::new(config.abuse.clone(), Some(metrics.clone()));
     let compiled = Arc::new(table::compile(&config.rules).context("compiling the kernel rules")?);
     let mut d = Daemon {
         path: config_path.to_path_buf(),
@@ -210,6 +219,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         abuse: abuse.clone(),
         cluster: None,
+        cluster_handle: SharedCluster::default(),
     };
     if d.config.kernel.enabled {
         let config = d.config.clone();
@@ -219,14 +229,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             "kernel layer disabled in the config: no XDP filtering; the userspace backstop still applies"
         );
     }
+    // Also without listeners: the engine must know the allow list before the admin endpoint
+    // accepts an operator's ban.
+    let backstop = d.backstop(compiled, &d.config.clone());
     if !d.config.proxy.listeners.is_empty() {
-        let backstop = d.backstop(compiled, &d.config.clone(), abuse_config);
         d.proxy = Some(Proxy::start(&d.config.proxy, backstop, metrics.clone()).await?);
         // Reads the quota state file now, not at the first request.
         metrics.limits.adopt_routes(&d.config.proxy.routes);
     }
     let config = d.config.clone();
     d.cluster = d.start_cluster(&config).await;
+    d.share_cluster();
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<ReloadReply>>(4);
     let admin_state = Arc::new(AdminState {
@@ -240,6 +253,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         reload: reload_tx,
         pins: d.config.kernel.enabled.then(|| d.kernel.layout().clone()),
         abuse: Some(abuse.clone()),
+        cluster: d.cluster_handle.clone(),
     });
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     if let Some(addr) = d.config.admin.listen {
@@ -303,6 +317,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         warn!(error = %e, "quota counters not saved");
     }
     d.cluster = None;
+    d.share_cluster();
     let _ = stop_admin.send(true);
     if d.config.kernel.enabled {
         info!(pin_root = %d.config.kernel.pin_root.display(), "stopped; the pinned XDP filter stays in force (`portcullis detach` removes it)");
@@ -540,6 +555,8 @@ const NOT_KERNEL_BANNABLE: &str = "[proxied] ";
 /// two ban tasks. Dropping it stops the tasks, and with the last handle the connection.
 struct ClusterRun {
     config: config::ClusterConfig,
+    /// The store, for operators' bans published through the admin endpoint.
+    store: crate::cluster::Cluster,
     metrics: Arc<Metrics>,
     tasks: Vec<tokio::task::AbortHandle>,
 }
@@ -551,7 +568,6 @@ impl ClusterRun {
         config: config::ClusterConfig,
         metrics: Arc<Metrics>,
         abuse: Arc<Abuse>,
-        kernel: Option<crate::kernel::PinLayout>,
     ) -> Self {
         let cluster = crate::cluster::Cluster::start(config.clone(), metrics.cluster.clone());
         // Not required: until Redis answers, every feature follows its mode.
@@ -562,9 +578,10 @@ impl ClusterRun {
         }
         metrics.limits.set_cluster(Some(cluster.clone()));
         let publish = tokio::spawn(publish_bans(cluster.clone(), abuse.clone()));
-        let receive = tokio::spawn(receive_bans(cluster, abuse, kernel));
+        let receive = tokio::spawn(receive_bans(cluster.clone(), abuse));
         Self {
             config,
+            store: cluster,
             metrics,
             tasks: vec![publish.abort_handle(), receive.abort_handle()],
         }
@@ -613,83 +630,95 @@ async fn publish_bans(cluster: crate::cluster::Cluster, abuse: Arc<Abuse>) {
     }
 }
 
-/// Applies the bans other gateways publish; with each snapshot (at start and after every
-/// reconnection) the bans taken from the cluster are replaced by the snapshot's.
-async fn receive_bans(
-    cluster: crate::cluster::Cluster,
-    abuse: Arc<Abuse>,
-    kernel: Option<crate::kernel::PinLayout>,
-) {
+/// Applies the bans other gateways publish (hosts and networks); with each snapshot (at start
+/// and after every reconnection) the bans taken from the cluster are replaced by the
+/// snapshot's.
+async fn receive_bans(cluster: crate::cluster::Cluster, abuse: Arc<Abuse>) {
     use crate::cluster::BanEvent;
-    let mut from_cluster: std::collections::HashSet<std::net::IpAddr> = Default::default();
+    use crate::rules::Prefix;
+    let mut from_cluster: std::collections::HashSet<Prefix> = Default::default();
     let mut subscription = cluster.subscribe_bans();
     let own = cluster.instance_id().to_owned();
     while let Some(event) = subscription.next().await {
         match event {
             BanEvent::Snapshot(bans) => {
-                let mut now: std::collections::HashSet<std::net::IpAddr> = Default::default();
+                let mut now: std::collections::HashSet<Prefix> = Default::default();
                 for ban in bans.iter().filter(|b| b.origin != own) {
-                    if let Some(addr) = apply_cluster_ban(&abuse, ban) {
-                        now.insert(addr);
+                    if let Some(prefix) = apply_cluster_ban(&abuse, ban) {
+                        now.insert(prefix);
                     }
                 }
                 for gone in from_cluster.difference(&now) {
-                    lift_ban(&abuse, kernel.as_ref(), *gone);
+                    lift_ban(&abuse, *gone);
                 }
                 from_cluster = now;
             }
             BanEvent::Banned(ban) if ban.origin != own => {
-                if let Some(addr) = apply_cluster_ban(&abuse, &ban) {
-                    from_cluster.insert(addr);
+                if let Some(prefix) = apply_cluster_ban(&abuse, &ban) {
+                    from_cluster.insert(prefix);
                 }
             }
             BanEvent::Banned(_) => {}
             BanEvent::Unbanned { prefix, origin } if origin != own => {
-                if let Some(addr) = host_of(&prefix) {
-                    from_cluster.remove(&addr);
-                    lift_ban(&abuse, kernel.as_ref(), addr);
-                }
+                from_cluster.remove(&prefix);
+                lift_ban(&abuse, prefix);
             }
             BanEvent::Unbanned { .. } => {}
         }
     }
 }
 
-/// The address of a single-host prefix; the detector bans hosts, and wider prefixes are left
-/// to the kernel rules.
+/// The address of a single-host prefix.
 fn host_of(prefix: &crate::rules::Prefix) -> Option<std::net::IpAddr> {
     let host_len = if prefix.is_v6() { 128 } else { 32 };
     (prefix.len() == host_len).then(|| prefix.addr())
 }
 
-/// Applies one ban from the cluster (never to a protected address: `Abuse::apply` refuses
-/// those); returns the address when applied.
-fn apply_cluster_ban(abuse: &Abuse, ban: &crate::cluster::ClusterBan) -> Option<std::net::IpAddr> {
-    let Some(addr) = host_of(&ban.prefix) else {
-        info!(prefix = %ban.prefix, "cluster ban of a network prefix ignored; only host bans are shared");
-        return None;
-    };
+/// Applies one ban from the cluster (never to a protected address or network: the engine
+/// refuses those); returns its prefix when applied. A detector's host ban goes through
+/// `Abuse::apply`, as it was decided; an operator's ban (reason `manual`) and a network go
+/// through `Abuse::ban_prefix`, which takes prefixes and never drops them to make room.
+fn apply_cluster_ban(
+    abuse: &Abuse,
+    ban: &crate::cluster::ClusterBan,
+) -> Option<crate::rules::Prefix> {
     if ban.remaining.is_zero() {
         return None;
     }
-    let decision = crate::abuse::BanDecision {
-        addr,
-        reason: ban.reason,
-        ttl: ban.remaining,
-        kernel_bannable: !ban.evidence.starts_with(NOT_KERNEL_BANNABLE),
-        evidence: ban.evidence.clone(),
-    };
-    abuse.apply(&decision).then_some(addr)
+    let kernel_bannable = !ban.evidence.starts_with(NOT_KERNEL_BANNABLE);
+    match host_of(&ban.prefix) {
+        Some(addr) if ban.reason != crate::kernel::BanReason::Manual => {
+            let decision = crate::abuse::BanDecision {
+                addr,
+                reason: ban.reason,
+                ttl: ban.remaining,
+                kernel_bannable,
+                evidence: ban.evidence.clone(),
+            };
+            abuse.apply(&decision).then_some(ban.prefix)
+        }
+        _ => {
+            let prefix_ban = crate::abuse::PrefixBan {
+                prefix: ban.prefix,
+                reason: ban.reason,
+                ttl: Some(ban.remaining),
+                kernel_bannable,
+            };
+            match abuse.ban_prefix(&prefix_ban, crate::abuse::PrefixBanSource::Shared) {
+                Ok(_) => Some(ban.prefix),
+                Err(e) => {
+                    warn!(prefix = %ban.prefix, error = %e, "cluster ban not applied");
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// Lifts a ban the cluster no longer holds, in userspace and in the kernel.
-fn lift_ban(abuse: &Abuse, kernel: Option<&crate::kernel::PinLayout>, addr: std::net::IpAddr) {
-    abuse.unban(addr);
-    if let Some(layout) = kernel {
-        let prefix = crate::rules::Prefix::host(addr);
-        if let Err(e) = Bans::open(layout).and_then(|mut b| b.unban(prefix)) {
-            warn!(client_ip = %addr, error = %e, "lifting a cluster ban from the kernel");
-        }
+fn lift_ban(abuse: &Abuse, prefix: crate::rules::Prefix) {
+    if let Err(e) = abuse.lift(prefix) {
+        warn!(%prefix, error = %e, "lifting a cluster ban from the kernel");
     }
 }
 

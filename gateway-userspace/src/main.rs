@@ -36,7 +36,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Add, remove or list dynamic bans in the kernel.
+    /// Add, remove or list dynamic bans: in the pinned kernel map, or through a running
+    /// gateway's admin endpoint (`--admin`).
     Ban {
         #[command(subcommand)]
         action: BanCommand,
@@ -113,12 +114,22 @@ enum BanCommand {
         reason: Reason,
         #[command(flatten)]
         target: Target,
+        /// Ban through the running daemon's admin endpoint (for example 127.0.0.1:9901)
+        /// instead of writing the pinned map: in the kernel when its kernel layer is on, else
+        /// in userspace, published to every gateway with `[cluster]`; allow-listed and trusted
+        /// addresses are refused.
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["config", "pin_root"])]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Remove the ban of exactly this address or prefix.
     Rm {
         prefix: String,
         #[command(flatten)]
         target: Target,
+        /// Lift it through the running daemon's admin endpoint: from the kernel map, the
+        /// userspace bans and, with `[cluster]`, every gateway.
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["config", "pin_root"])]
+        admin: Option<std::net::SocketAddr>,
     },
     /// List live bans.
     List {
@@ -312,7 +323,36 @@ fn ban(action: BanCommand) -> Result<(), Failure> {
             prefix,
             ttl,
             reason,
+            admin: Some(addr),
+            ..
+        } => {
+            let prefix = parse_prefix(&prefix)?;
+            // The endpoint counts whole seconds; a sub-second ban would be refused as zero.
+            let ttl_secs = ttl.map(|t| t.as_secs().max(1));
+            let body = serde_json::json!({
+                "prefix": prefix.to_string(),
+                "ttl_secs": ttl_secs,
+                "reason": BanReason::from(reason).name(),
+            });
+            let (_, answer) = admin_call(addr, "POST", "/bans", Some(&body.to_string()))?;
+            let answer: serde_json::Value =
+                serde_json::from_str(&answer).context("reading the admin endpoint's answer")?;
+            let enforced = answer["enforced"].as_str().unwrap_or("?");
+            match ttl {
+                Some(t) => println!(
+                    "banned {prefix} for {} ({enforced})",
+                    humantime::format_duration(t)
+                ),
+                None => println!("banned {prefix} until removed ({enforced})"),
+            }
+            report_cluster(&answer, "ban");
+        }
+        BanCommand::Add {
+            prefix,
+            ttl,
+            reason,
             target,
+            admin: None,
         } => {
             let prefix = parse_prefix(&prefix)?;
             let mut bans = Bans::open(&PinLayout::new(&target.pin_root()?))?;
@@ -322,7 +362,45 @@ fn ban(action: BanCommand) -> Result<(), Failure> {
                 None => println!("banned {prefix} until removed"),
             }
         }
-        BanCommand::Rm { prefix, target } => {
+        BanCommand::Rm {
+            prefix,
+            admin: Some(addr),
+            ..
+        } => {
+            let prefix = parse_prefix(&prefix)?;
+            let query = percent_encode(&prefix.to_string());
+            let (status, answer) =
+                admin_call_any(addr, "DELETE", &format!("/bans?prefix={query}"), None)?;
+            if status == 404 {
+                return Err(anyhow::anyhow!("{prefix} was not banned").into());
+            }
+            if status != 200 {
+                return Err(anyhow::anyhow!(
+                    "the admin endpoint answered {status}: {}",
+                    answer.trim()
+                )
+                .into());
+            }
+            let answer: serde_json::Value =
+                serde_json::from_str(&answer).context("reading the admin endpoint's answer")?;
+            let mut from = Vec::new();
+            if answer["kernel"] == true {
+                from.push("kernel");
+            }
+            if answer["userspace"] == true {
+                from.push("userspace");
+            }
+            if answer["cluster"] == "removed" {
+                from.push("cluster");
+            }
+            println!("unbanned {prefix} ({})", from.join(", "));
+            report_cluster(&answer, "unban");
+        }
+        BanCommand::Rm {
+            prefix,
+            target,
+            admin: None,
+        } => {
             let prefix = parse_prefix(&prefix)?;
             let mut bans = Bans::open(&PinLayout::new(&target.pin_root()?))?;
             if bans.unban(prefix)? {
@@ -381,15 +459,7 @@ fn limits(action: LimitsCommand) -> Result<(), Failure> {
             .context("the config turns the admin endpoint off")?,
         (None, None) => "127.0.0.1:9901".parse().context("default admin address")?,
     };
-    let query: String = key
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let query = percent_encode(&key);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -460,25 +530,80 @@ fn limits(action: LimitsCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `GET /bans` of the admin endpoint at `addr`: the kernel's bans and the userspace ones.
-fn admin_bans(addr: std::net::SocketAddr, json: bool) -> Result<(), Failure> {
+/// Says on stderr when the admin endpoint could not share a ban or unban with the cluster.
+fn report_cluster(answer: &serde_json::Value, what: &str) {
+    if let Some(why) = answer["cluster"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("not shared: "))
+    {
+        eprintln!(
+            "warning: the {what} applies to this gateway only; the cluster store answered: {why}"
+        );
+    }
+}
+
+/// Percent-encodes everything but unreserved characters, for a query value.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One request to the admin endpoint at `addr`: its status and body, whatever the status.
+fn admin_call_any(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), Failure> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to the admin endpoint at {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or_default();
     write!(
         stream,
-        "GET /bans HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut answer = String::new();
     stream
         .read_to_string(&mut answer)
         .context("reading the admin endpoint's answer")?;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        let status = head.lines().next().unwrap_or_default();
-        return Err(anyhow::anyhow!("the admin endpoint answered `{status}`: {body}").into());
+    let status = head
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("the admin endpoint at {addr} did not answer HTTP"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// [`admin_call_any`], with any status but 200 an error carrying the endpoint's message.
+fn admin_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), Failure> {
+    let (status, answer) = admin_call_any(addr, method, path, body)?;
+    if status != 200 {
+        return Err(
+            anyhow::anyhow!("the admin endpoint answered {status}: {}", answer.trim()).into(),
+        );
     }
+    Ok((status, answer))
+}
+
+/// `GET /bans` of the admin endpoint at `addr`: the kernel's bans and the userspace ones.
+fn admin_bans(addr: std::net::SocketAddr, json: bool) -> Result<(), Failure> {
+    let (_, body) = admin_call(addr, "GET", "/bans", None)?;
+    let body = body.as_str();
     let items: Vec<serde_json::Value> =
         serde_json::from_str(body).context("the admin endpoint's ban list")?;
     if json {

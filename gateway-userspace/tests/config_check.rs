@@ -1855,10 +1855,10 @@ fn abuse_section_mistakes() {
 
 #[test]
 fn abuse_section_compiles_and_defaults_are_secure() {
-    use portcullis::config::{AbuseConfig, AbuseKind, Escalation, load_with_abuse};
+    use portcullis::config::{AbuseConfig, AbuseKind, Escalation};
     let f = Fixture::new();
     let path = f.file("portcullis.toml", KERNEL);
-    let (_, abuse) = load_with_abuse(&path).expect("loads");
+    let abuse = load(&path).expect("loads").abuse;
     assert_eq!(abuse, AbuseConfig::default());
     assert!(abuse.enabled && abuse.mode == Mode::Enforce);
     let auth = abuse.rule(AbuseKind::AuthFailure).expect("an auth rule");
@@ -1886,7 +1886,7 @@ fn abuse_section_compiles_and_defaults_are_secure() {
              threshold = 3\nban = \"30s\"\n"
         ),
     );
-    let (_, abuse) = load_with_abuse(&path).expect("loads");
+    let abuse = load(&path).expect("loads").abuse;
     assert_eq!(abuse.mode, Mode::Report);
     assert_eq!(abuse.rules.len(), 1, "written rules replace the defaults");
     let v = &abuse.rules[0];

@@ -3,7 +3,9 @@
 //! map within milliseconds, its next SYNs are dropped by XDP (counted as `drop/ban:auth-failure`)
 //! while other sources are still served, and access returns when the ban expires. A spoofed
 //! `X-Forwarded-For` never gets its address banned; behind a trusted proxy, the header address
-//! is banned in userspace only and the proxy itself never.
+//! is banned in userspace only and the proxy itself never. An operator's network ban through
+//! the admin endpoint (`portcullis ban add --admin`) goes into the kernel map and is dropped by
+//! XDP until `ban rm --admin` lifts it; one that would reach a trusted proxy is refused.
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
@@ -431,6 +433,86 @@ fn bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires() {
         Duration::from_secs(2),
     );
     assert_eq!(got.map(|g| g.0), Some(401), "the userspace ban expired");
+}
+
+/// `portcullis ban add|list|rm --admin` with the kernel layer on: a network containing the
+/// client goes into the kernel map (its SYNs dropped by XDP), is listed as a kernel ban, and is
+/// lifted from the map by `ban rm --admin`; a network that holds the trusted proxy is refused.
+#[test]
+fn manual_network_ban_through_the_admin_endpoint_is_a_kernel_ban() {
+    if !require_privileges("manual_network_ban_through_the_admin_endpoint_is_a_kernel_ban") {
+        return;
+    }
+    let pins = PinRoot::new();
+    let link = Link::new(&[CLIENT, PROXY]);
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = format!(
+        "[kernel]\ninterfaces = [\"{}\"]\npin_root = \"{}\"",
+        link.gateway_if,
+        pins.path().display()
+    );
+    let cfg = write_config(
+        dir.path(),
+        &kernel,
+        SocketAddr::from(([0, 0, 0, 0], LISTEN_PORT)),
+        ADMIN_PORT,
+        PROXY,
+    );
+    let gateway = Gateway::start(&link.gateway, &cfg);
+    wait_for("readiness", &gateway, || {
+        admin(&link, "/ready").is_some_and(|(s, _)| s == 200)
+    });
+    let cli = |args: &[&str]| {
+        link.gateway
+            .command(portcullis_bin())
+            .args(args)
+            .args(["--admin", &format!("127.0.0.1:{ADMIN_PORT}")])
+            .output()
+            .expect("run portcullis ban")
+    };
+    let send = || {
+        exchange(
+            &link.client,
+            Some(ip(CLIENT)),
+            gateway_addr(),
+            &with_key("wrong", None),
+            Duration::from_millis(1000),
+        )
+        .map(|g| g.0)
+    };
+    assert_eq!(send(), Some(401));
+
+    // 100.64.0.0/24 holds the trusted proxy: refused, nothing written.
+    let out = cli(&["ban", "add", "100.64.0.0/24"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr.contains("409") && stderr.contains("trusted proxies"),
+        "{stderr}"
+    );
+    assert_eq!(kernel_ban(pins.path(), PROXY), None);
+
+    // 100.64.0.8/29 holds the client only.
+    let out = cli(&["ban", "add", "100.64.0.8/29", "--ttl", "1m"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("(kernel)"), "{stdout}");
+    assert_eq!(kernel_ban(pins.path(), CLIENT), Some(BanReason::Manual));
+    assert_eq!(send(), None, "XDP drops the banned network's SYNs");
+    let out = cli(&["ban", "list", "--json"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("\"100.64.0.8/29\""), "{listed}");
+    assert!(listed.contains("\"enforced\":\"kernel\""), "{listed}");
+    assert!(!listed.contains("\"enforced\":\"userspace\""), "{listed}");
+
+    let out = cli(&["ban", "rm", "100.64.0.8/29"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(kernel)"),
+        "{out:?}"
+    );
+    assert_eq!(kernel_ban(pins.path(), CLIENT), None);
+    assert_eq!(send(), Some(401), "served again:\n{}", gateway.log());
 }
 
 fn free_port() -> u16 {

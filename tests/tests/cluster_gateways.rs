@@ -3,7 +3,9 @@
 //! `redis-server`: a shared rate limit holds in total across both gateways, a ban decided on
 //! one is enforced by the other within a second and by a gateway started later, and when Redis
 //! goes away each gateway follows its mode (`open`: local limits; `closed`: 503
-//! `cluster_unavailable`) until Redis is back.
+//! `cluster_unavailable`) until Redis is back. An operator's ban of a network through one
+//! gateway's admin endpoint (`portcullis ban add --admin`) is enforced by the other, and its
+//! removal lifts it there too.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_tests::backend::{Backend, Proto};
 use portcullis_tests::daemon::Daemon;
+use portcullis_tests::portcullis_bin;
 use portcullis_tests::redis::{Redis, redis_server};
 
 fn free_port() -> u16 {
@@ -413,6 +416,82 @@ async fn redis_outage_follows_each_mode() {
             ok as f64 <= bound * 1.05,
             "{ok} admitted in {elapsed:?} by both, the shared limit allows {bound:.0}"
         );
+    })
+    .await
+    .unwrap();
+}
+
+/// `portcullis ban add|rm --admin` on gateway A with a network prefix (loopback's /8, and an
+/// IPv6 /64): gateway B refuses the client within a second (in userspace, its kernel layer is
+/// off) and lists both; `ban rm` on A lifts them on B within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_prefix_bans_reach_every_gateway_and_are_lifted() {
+    if redis_server().is_none() {
+        return;
+    }
+    let backend = Backend::start("app", Proto::Http1).await;
+    let addr = backend.addr;
+    tokio::task::spawn_blocking(move || {
+        let redis = Redis::start();
+        let a = Gateway::start(addr, &redis.address(), "");
+        let b = Gateway::start(addr, &redis.address(), "");
+        assert_eq!(get(b.listen, "/v1/x").0, 200);
+        let cli = |gw: &Gateway, args: &[&str]| {
+            let out = std::process::Command::new(portcullis_bin())
+                .args(args)
+                .args(["--admin", &format!("127.0.0.1:{}", gw.admin)])
+                .output()
+                .expect("run portcullis ban");
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let refused = |port: u16| matches!(get(port, "/v1/x").0, 0 | 403);
+
+        let said = cli(&a, &["ban", "add", "127.0.0.0/8", "--ttl", "5m"]);
+        assert!(said.contains("banned 127.0.0.0/8 for 5m"), "{said}");
+        let banned_at = Instant::now();
+        assert!(refused(a.listen), "A enforces its own ban");
+        let said = cli(&a, &["ban", "add", "2001:db8:7::/64", "--ttl", "5m"]);
+        assert!(said.contains("userspace"), "{said}");
+        let mut on_b = false;
+        while banned_at.elapsed() < Duration::from_secs(1) {
+            if refused(b.listen) {
+                on_b = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            on_b,
+            "gateway B did not apply the prefix ban within a second:\n{}",
+            b.log()
+        );
+        wait_for("both bans listed on B", Duration::from_secs(1), || {
+            let bans = get(b.admin, "/bans").1;
+            bans.contains("\"127.0.0.0/8\"") && bans.contains("\"2001:db8:7::/64\"")
+        });
+        let bans = get(b.admin, "/bans").1;
+        assert!(bans.contains("\"enforced\":\"userspace\""), "{bans}");
+        assert!(bans.contains("\"reason\":\"manual\""), "{bans}");
+
+        let said = cli(&a, &["ban", "rm", "127.0.0.0/8"]);
+        assert!(said.contains("cluster"), "{said}");
+        let lifted_at = Instant::now();
+        let mut served = false;
+        while lifted_at.elapsed() < Duration::from_secs(1) {
+            if get(b.listen, "/v1/x").0 == 200 {
+                served = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(served, "gateway B kept the lifted ban:\n{}", b.log());
+        assert_eq!(get(a.listen, "/v1/x").0, 200, "lifted on A too");
+        let said = cli(&a, &["ban", "rm", "2001:db8:7::/64"]);
+        assert!(said.contains("unbanned"), "{said}");
+        wait_for("the IPv6 ban lifted on B", Duration::from_secs(1), || {
+            !get(b.admin, "/bans").1.contains("2001:db8:7::")
+        });
     })
     .await
     .unwrap();

@@ -421,3 +421,140 @@ api_key = true
     assert_eq!(quota["calls_remaining"], 97, "{quota}");
     assert_eq!(quota["calls_used"], 3, "{quota}");
 }
+
+/// One request with a body to the admin endpoint: (status, body).
+fn admin_send(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    admin_raw(
+        port,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// Sends `request` as it is (one write) to the admin endpoint: (status, body).
+fn admin_raw(port: u16, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+/// `portcullis ban add|list|rm --admin` against a gateway without the kernel program: the ban
+/// is a userspace one and refuses the client (closed at accept, or 403) until it is removed;
+/// an allow-listed address, or a network that contains one, is refused with 409; a body that
+/// is not a ban request gets 400, an oversized one 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_add_list_rm_through_the_admin_endpoint() {
+    let backend = Backend::start("app", Proto::Http1).await;
+    let (listen, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    write_config(&cfg, listen, admin, backend.addr, "/v1");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[allow]\ncidrs = [\"127.0.0.2/32\"]\n");
+    std::fs::write(&cfg, text).unwrap();
+    let daemon = Daemon::start(&cfg);
+    tokio::task::spawn_blocking(move || {
+        wait_for("readiness", || ready(admin));
+        let admin_addr = format!("127.0.0.1:{admin}");
+        let cli = |args: &[&str]| {
+            Command::new(portcullis_bin())
+                .args(args)
+                .args(["--admin", &admin_addr])
+                .output()
+                .expect("run portcullis ban")
+        };
+        assert_eq!(http(listen, "GET", "/v1/x").0, 200);
+
+        let out = cli(&["ban", "add", "127.0.0.1", "--ttl", "10m"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            stdout.contains("banned 127.0.0.1/32 for 10m") && stdout.contains("userspace"),
+            "{stdout}"
+        );
+        let status = http(listen, "GET", "/v1/x").0;
+        assert!(status == 0 || status == 403, "the banned client got {status}");
+
+        let out = cli(&["ban", "list"]);
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with("127.0.0.1/32"))
+            .unwrap_or_else(|| panic!("{listed}"));
+        assert!(line.contains("manual") && line.contains("userspace"), "{line}");
+
+        // A network ban (IPv6 /64): listed as given.
+        let out = cli(&["ban", "add", "2001:db8:1::/64", "--reason", "validation"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = cli(&["ban", "list", "--json"]);
+        let bans: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let v6 = bans
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["prefix"] == "2001:db8:1::/64")
+            .unwrap_or_else(|| panic!("{bans}"));
+        assert_eq!(v6["reason"], "validation");
+        assert!(v6["remaining_secs"].is_null(), "until removed: {v6}");
+
+        // Protected addresses are refused, as the abuse detector refuses them.
+        for protected in ["127.0.0.2", "127.0.0.0/24"] {
+            let out = cli(&["ban", "add", protected]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{protected} was banned");
+            assert!(
+                stderr.contains("409") && stderr.contains("allow"),
+                "{protected}: {stderr}"
+            );
+        }
+        // Bad requests never reach the engine.
+        for (body, status) in [
+            ("{not json", 400),
+            ("{\"prefix\": \"10.0.0.1/8\"}", 400),
+            ("{\"prefix\": \"192.0.2.1\", \"ttl_secs\": 0}", 400),
+            ("{\"prefix\": \"192.0.2.1\", \"reason\": \"grudge\"}", 400),
+            ("{\"prefix\": \"0.0.0.0/0\"}", 400),
+            ("{\"prefix\": \"192.0.2.1\", \"extra\": 1}", 400),
+        ] {
+            let (got, text) = admin_send(admin, "POST", "/bans", body);
+            assert_eq!(got, status, "{body}: {text}");
+        }
+        // An announced body over the limit is refused before it is read.
+        let huge = "POST /bans HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 100000\r\n\r\n";
+        assert_eq!(admin_raw(admin, huge).0, 413);
+
+        let out = cli(&["ban", "rm", "127.0.0.1"]);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("unbanned 127.0.0.1/32 (userspace)"),
+            "{out:?}"
+        );
+        assert_eq!(http(listen, "GET", "/v1/x").0, 200, "served again");
+        let out = cli(&["ban", "rm", "127.0.0.1"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("was not banned"),
+            "{out:?}"
+        );
+        // `?addr=` is still understood.
+        let (status, _) = admin_send(admin, "DELETE", "/bans?addr=2001:db8:1::/64", "");
+        assert_eq!(status, 200);
+        let (_, listed) = http(admin, "GET", "/bans");
+        assert_eq!(listed.trim(), "[]");
+    })
+    .await
+    .unwrap();
+    let log = daemon.log().join("\n");
+    assert!(log.contains("\"manual_ban\""), "{log}");
+    assert!(log.contains("\"abuse_ban_refused\""), "{log}");
+}

@@ -12,6 +12,10 @@
 //! is a userspace ban.
 //! Allow-listed addresses and our own load balancers and proxies are never banned.
 //!
+//! Operators ban addresses and networks too ([`Abuse::ban_prefix`], through the admin
+//! endpoint), and bans received from other gateways may name a network: the userspace set is
+//! keyed by prefix, and a lookup probes only the prefix lengths in use (usually just hosts).
+//!
 //! The kernel write happens on a thread of its own fed by a channel, so a request never waits
 //! on a map update, and without batching, so the ban is in the map within about a millisecond.
 //! Every decision is a security log event (target `portcullis::security`) and a metric, and
@@ -30,7 +34,7 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::config::{AbuseConfig, AbuseKind, TrustedProxies};
-use crate::kernel::{BanReason, Bans, PinLayout};
+use crate::kernel::{BanReason, Bans, KernelError, PinLayout};
 use crate::metrics::{AbuseLabels, Metrics};
 use crate::proxy::client_ip::{self, ClientIp, Origin};
 use crate::rules::Prefix;
@@ -64,25 +68,182 @@ pub struct BanDecision {
 /// A ban held in userspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserspaceBan {
-    pub addr: IpAddr,
+    /// A host (/32, /128) for the detector's bans; any prefix for an operator's or a shared one.
+    pub prefix: Prefix,
     pub reason: BanReason,
-    pub expires: Instant,
+    /// `None`: until removed (an operator's ban without a time to live).
+    pub expires: Option<Instant>,
     pub created_unix: u64,
-    /// A copy of a TCP peer's kernel ban, not listed as a userspace ban: it refuses the peer
-    /// where XDP does not see its packets (a keep-alive connection over an interface without
-    /// the filter, loopback).
+    /// A copy of a kernel ban, not listed as a userspace ban: it refuses the client where XDP
+    /// does not see its packets (a keep-alive connection over an interface without the
+    /// filter, loopback).
     pub shadow: bool,
+    /// Put by an operator (here or, through the cluster, elsewhere): never dropped to make
+    /// room for the detector's bans, which an attacker with many addresses can provoke.
+    pub manual: bool,
 }
 
 impl UserspaceBan {
     /// The JSON form the admin endpoint lists, beside the kernel's bans.
     pub fn to_json(&self, now: Instant) -> serde_json::Value {
         serde_json::json!({
-            "prefix": Prefix::host(self.addr).to_string(),
+            "prefix": self.prefix.to_string(),
             "reason": self.reason.name(),
-            "remaining_secs": self.expires.saturating_duration_since(now).as_secs_f64(),
+            "remaining_secs": self.expires.map(|e| e.saturating_duration_since(now).as_secs_f64()),
             "created_unix": self.created_unix,
             "enforced": "userspace",
+        })
+    }
+
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| e > now)
+    }
+}
+
+/// A ban of an address or a network put by an operator (the admin endpoint), or received from
+/// another gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixBan {
+    pub prefix: Prefix,
+    pub reason: BanReason,
+    /// `None`: until removed.
+    pub ttl: Option<Duration>,
+    /// Whether the kernel may drop it: false for an address the deciding gateway learned from
+    /// a proxy header (its packets come from the proxy).
+    pub kernel_bannable: bool,
+}
+
+/// Where a [`PrefixBan`] comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefixBanSource {
+    /// An operator of this gateway: kernel (with an unlisted userspace copy) when the kernel
+    /// layer is on, else userspace; a failed kernel write is an error the operator sees.
+    Manual,
+    /// Another gateway: as [`Abuse::apply`] does, kernel and userspace (it carries no origin);
+    /// a failed kernel write falls back to userspace.
+    Shared,
+}
+
+/// Why a ban was not put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum BanError {
+    /// The prefix touches an address that is never banned.
+    #[error(
+        "{prefix} is not banned: {why}; allow-listed addresses and trusted load balancers and proxies are never banned"
+    )]
+    Protected { prefix: Prefix, why: String },
+    /// `/0`: every address of a family.
+    #[error("{0} names every address of its family; such a ban is refused")]
+    Everything(Prefix),
+    #[error("a ban's time to live must be more than zero")]
+    ZeroTtl,
+    #[error("writing the ban to the kernel: {0}")]
+    Kernel(#[from] KernelError),
+}
+
+/// What [`Abuse::lift`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lifted {
+    pub kernel: bool,
+    /// A listed userspace ban (an unlisted copy of a kernel ban does not count).
+    pub userspace: bool,
+}
+
+/// The userspace ban set, keyed by prefix, with the prefix lengths in use per family so a
+/// lookup probes only those: one hash lookup per length, usually one (hosts).
+#[derive(Default)]
+struct BanSet {
+    map: HashMap<Prefix, UserspaceBan>,
+    /// Bans per length: `[family][length]`, IPv4 lengths 0..=32 and IPv6 0..=128.
+    counts: [Vec<u32>; 2],
+    /// Lengths with at least one ban, per family, longest first.
+    lens: [Vec<u8>; 2],
+}
+
+impl BanSet {
+    fn family(prefix: &Prefix) -> usize {
+        usize::from(prefix.is_v6())
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn contains(&self, prefix: &Prefix) -> bool {
+        self.map.contains_key(prefix)
+    }
+
+    fn get(&self, prefix: &Prefix) -> Option<&UserspaceBan> {
+        self.map.get(prefix)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &UserspaceBan> {
+        self.map.values()
+    }
+
+    fn adjust(&mut self, prefix: &Prefix, up: bool) {
+        let f = Self::family(prefix);
+        let counts = &mut self.counts[f];
+        if counts.is_empty() {
+            counts.resize(if f == 0 { 33 } else { 129 }, 0);
+        }
+        let Some(n) = counts.get_mut(usize::from(prefix.len())) else {
+            return;
+        };
+        let was = *n;
+        *n = if up {
+            n.saturating_add(1)
+        } else {
+            n.saturating_sub(1)
+        };
+        if (was == 0) != (*n == 0) {
+            self.lens[f] = counts
+                .iter()
+                .enumerate()
+                .rev()
+                .filter(|(_, c)| **c > 0)
+                .filter_map(|(len, _)| u8::try_from(len).ok())
+                .collect();
+        }
+    }
+
+    fn insert(&mut self, ban: UserspaceBan) {
+        let prefix = ban.prefix;
+        if self.map.insert(prefix, ban).is_none() {
+            self.adjust(&prefix, true);
+        }
+    }
+
+    fn remove(&mut self, prefix: &Prefix) -> Option<UserspaceBan> {
+        let removed = self.map.remove(prefix);
+        if removed.is_some() {
+            self.adjust(prefix, false);
+        }
+        removed
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&UserspaceBan) -> bool) {
+        let gone: Vec<Prefix> = self
+            .map
+            .values()
+            .filter(|b| !keep(b))
+            .map(|b| b.prefix)
+            .collect();
+        for p in gone {
+            self.remove(&p);
+        }
+    }
+
+    /// The most specific live ban covering `addr`.
+    fn covering(&self, addr: IpAddr, now: Instant) -> Option<&UserspaceBan> {
+        let host = Prefix::host(addr);
+        self.lens[Self::family(&host)].iter().find_map(|&len| {
+            let key = Prefix::new(host.addr(), len).ok()?;
+            self.map.get(&key).filter(|b| b.live(now))
         })
     }
 }
@@ -92,11 +253,14 @@ struct Settings {
     kernel: Option<PinLayout>,
     rules: Option<Arc<CompiledRules>>,
     trusted: TrustedProxies,
+    /// The allow list as prefixes: the compiled table answers per address, but a network ban
+    /// must also be refused when it merely contains an allow-listed range.
+    allow: Vec<Prefix>,
 }
 
 /// State shared with the kernel writer thread.
 struct Shared {
-    bans: RwLock<HashMap<IpAddr, UserspaceBan>>,
+    bans: RwLock<BanSet>,
     /// Cap on the userspace set (the tracked-clients cap).
     cap: std::sync::atomic::AtomicUsize,
     metrics: Option<Arc<Metrics>>,
@@ -125,7 +289,7 @@ impl Abuse {
     /// Starts the engine (and its kernel writer thread) with `config`.
     pub fn new(config: AbuseConfig, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
         let shared = Arc::new(Shared {
-            bans: RwLock::new(HashMap::new()),
+            bans: RwLock::new(BanSet::default()),
             cap: config.max_tracked_clients.into(),
             metrics,
         });
@@ -145,6 +309,7 @@ impl Abuse {
                 kernel: None,
                 rules: None,
                 trusted: TrustedProxies::default(),
+                allow: Vec::new(),
             }),
             shared,
             orders: tx,
@@ -170,12 +335,51 @@ impl Abuse {
             d.set_config(config, Instant::now());
         }
         if let Ok(mut s) = self.settings.write() {
+            let allow = std::mem::take(&mut s.allow);
             *s = Settings {
                 kernel,
                 rules: Some(rules),
                 trusted,
+                allow,
             };
         }
+    }
+
+    /// The allow list of the configuration generation, as prefixes (see [`Settings::allow`]);
+    /// called with [`Abuse::configure`].
+    pub fn set_allow_list(&self, allow: Vec<Prefix>) {
+        if let Ok(mut s) = self.settings.write() {
+            s.allow = allow;
+        }
+    }
+
+    /// Why `prefix` must never be banned, if it must not: it is or overlaps an allow-listed
+    /// range, or holds (or lies within) a trusted load balancer or proxy. The rule of
+    /// [`Abuse::protected`], for networks: a network ban reaching a trusted hop would cut off
+    /// everyone behind it.
+    pub fn protected_prefix(&self, prefix: Prefix) -> Option<String> {
+        let Ok(s) = self.settings.read() else {
+            return Some("the gateway's settings cannot be read".into());
+        };
+        let Some(rules) = s.rules.as_ref() else {
+            return Some("the allow list is not loaded yet".into());
+        };
+        if rules.lookup(prefix.addr()).action == action::ALLOW {
+            return Some(format!("{} is allow-listed", prefix.addr()));
+        }
+        let overlaps = |a: &Prefix| {
+            a.is_v6() == prefix.is_v6() && (a.contains(prefix.addr()) || prefix.contains(a.addr()))
+        };
+        if let Some(a) = s.allow.iter().find(|a| overlaps(a)) {
+            return Some(format!("it overlaps the allow list ({a})"));
+        }
+        if let Some(t) = s.trusted.load_balancers.iter().find(|a| overlaps(a)) {
+            return Some(format!("it overlaps the trusted load balancers ({t})"));
+        }
+        if let Some(t) = s.trusted.proxies.iter().find(|a| overlaps(a)) {
+            return Some(format!("it overlaps the trusted proxies ({t})"));
+        }
+        None
     }
 
     /// Whether `addr` must never be banned: allow-listed, or one of our own hops.
@@ -354,9 +558,7 @@ impl Abuse {
         if bans.is_empty() {
             return None;
         }
-        bans.get(&addr)
-            .filter(|b| b.expires > Instant::now())
-            .map(|b| b.reason)
+        bans.covering(addr, Instant::now()).map(|b| b.reason)
     }
 
     /// Live userspace bans, the longest-lasting first.
@@ -368,31 +570,160 @@ impl Abuse {
             .read()
             .map(|b| {
                 b.values()
-                    .filter(|b| b.expires > now && !b.shadow)
+                    .filter(|b| b.live(now) && !b.shadow)
                     .cloned()
                     .collect()
             })
             .unwrap_or_default();
-        out.sort_by(|a, b| b.expires.cmp(&a.expires).then(a.addr.cmp(&b.addr)));
+        // `None` (until removed) sorts last in `Option`'s order, so compare reversed keys.
+        let key = |b: &UserspaceBan| {
+            b.expires
+                .map_or(Duration::MAX, |e| e.saturating_duration_since(now))
+        };
+        out.sort_by(|a, b| key(b).cmp(&key(a)).then(a.prefix.cmp(&b.prefix)));
         out
     }
 
-    /// Removes the userspace ban on `addr`; returns whether there was one.
+    /// Removes the userspace ban on the host `addr`; returns whether a listed one was there.
     pub fn unban(&self, addr: IpAddr) -> bool {
+        self.unban_prefix(Prefix::host(addr))
+    }
+
+    /// Removes the userspace ban of exactly `prefix` (listed or a kernel ban's copy); returns
+    /// whether a listed one was there.
+    pub fn unban_prefix(&self, prefix: Prefix) -> bool {
         let removed = self
             .shared
             .bans
             .write()
-            .is_ok_and(|mut b| b.remove(&addr.to_canonical()).is_some());
+            .ok()
+            .and_then(|mut b| b.remove(&prefix))
+            .is_some_and(|b| !b.shadow);
         self.shared.refresh_gauge();
         removed
+    }
+
+    /// Bans `ban.prefix` as [`PrefixBanSource`] says: in the kernel map when the kernel layer
+    /// is on (and the ban is kernel-bannable), else in userspace. Refused for a protected
+    /// prefix ([`Abuse::protected_prefix`]) and for `/0`.
+    pub fn ban_prefix(
+        &self,
+        ban: &PrefixBan,
+        source: PrefixBanSource,
+    ) -> Result<Enforcement, BanError> {
+        let rule = match source {
+            PrefixBanSource::Manual => "manual",
+            PrefixBanSource::Shared => "shared",
+        };
+        if ban.prefix.is_empty() {
+            return Err(BanError::Everything(ban.prefix));
+        }
+        if ban.ttl.is_some_and(|t| t.is_zero()) {
+            return Err(BanError::ZeroTtl);
+        }
+        if let Some(why) = self.protected_prefix(ban.prefix) {
+            warn!(
+                target: "portcullis::security",
+                event = "abuse_ban_refused",
+                prefix = %ban.prefix,
+                reason = ban.reason.name(),
+                source = rule,
+                why = %why,
+                "ban of a protected address or network refused"
+            );
+            self.count(rule, "protected");
+            return Err(BanError::Protected {
+                prefix: ban.prefix,
+                why,
+            });
+        }
+        let now = Instant::now();
+        let layout = self.settings.read().ok().and_then(|s| s.kernel.clone());
+        let kernel = match layout {
+            Some(layout) if ban.kernel_bannable => {
+                Some(Bans::open(&layout).and_then(|mut b| b.ban(ban.prefix, ban.ttl, ban.reason)))
+            }
+            _ => None,
+        };
+        let enforcement = match (kernel, source) {
+            (Some(Ok(())), PrefixBanSource::Manual) => {
+                // The unlisted copy refuses requests on connections XDP does not see.
+                self.shared.insert(ban, now, true);
+                Enforcement::Kernel
+            }
+            (Some(Ok(())), PrefixBanSource::Shared) => {
+                self.shared.insert(ban, now, false);
+                Enforcement::Both
+            }
+            (Some(Err(e)), PrefixBanSource::Manual) => {
+                self.count(rule, "failed");
+                return Err(e.into());
+            }
+            (Some(Err(e)), PrefixBanSource::Shared) => {
+                warn!(
+                    target: "portcullis::security",
+                    event = "abuse_ban_kernel_failed",
+                    prefix = %ban.prefix,
+                    reason = ban.reason.name(),
+                    error = %e,
+                    "writing the ban to the kernel failed; enforcing it in userspace"
+                );
+                self.count(rule, "failed");
+                self.shared.insert(ban, now, false);
+                Enforcement::Userspace
+            }
+            (None, _) => {
+                self.shared.insert(ban, now, false);
+                Enforcement::Userspace
+            }
+        };
+        self.count(
+            rule,
+            match enforcement {
+                Enforcement::Kernel => "kernel",
+                Enforcement::Both => "kernel+userspace",
+                Enforcement::Userspace => "userspace",
+            },
+        );
+        info!(
+            target: "portcullis::security",
+            event = if source == PrefixBanSource::Manual { "manual_ban" } else { "abuse_ban_applied" },
+            prefix = %ban.prefix,
+            reason = ban.reason.name(),
+            ban_secs = ban.ttl.map(|t| t.as_secs_f64()),
+            enforcement = enforcement_name(enforcement),
+            "ban in force"
+        );
+        Ok(enforcement)
+    }
+
+    /// Lifts the ban of exactly `prefix` from the kernel map (when the kernel layer is on) and
+    /// from the userspace set.
+    pub fn lift(&self, prefix: Prefix) -> Result<Lifted, KernelError> {
+        let userspace = self.unban_prefix(prefix);
+        let layout = self.settings.read().ok().and_then(|s| s.kernel.clone());
+        let kernel = match layout {
+            Some(layout) => Bans::open(&layout)?.unban(prefix)?,
+            None => false,
+        };
+        if kernel || userspace {
+            info!(
+                target: "portcullis::security",
+                event = "ban_lifted",
+                prefix = %prefix,
+                kernel,
+                userspace,
+                "ban lifted"
+            );
+        }
+        Ok(Lifted { kernel, userspace })
     }
 
     /// Expires userspace bans and forgets idle clients; the daemon calls it on its sweep tick.
     pub fn sweep(&self) {
         let now = Instant::now();
         if let Ok(mut bans) = self.shared.bans.write() {
-            bans.retain(|_, b| b.expires > now);
+            bans.retain(|b| b.live(now));
         }
         self.shared.refresh_gauge();
         if let Ok(mut d) = self.detector.lock() {
@@ -413,31 +744,71 @@ impl Abuse {
 }
 
 impl Shared {
+    /// A detector's (or a shared host) ban into the userspace set.
     fn insert_userspace(&self, decision: &BanDecision, now: Instant, shadow: bool) {
+        self.put(
+            UserspaceBan {
+                prefix: Prefix::host(decision.addr),
+                reason: decision.reason,
+                expires: now.checked_add(decision.ttl),
+                created_unix: unix_now(),
+                shadow,
+                manual: false,
+            },
+            now,
+        );
+    }
+
+    /// A [`PrefixBan`] into the userspace set; never dropped to make room.
+    fn insert(&self, ban: &PrefixBan, now: Instant, shadow: bool) {
+        self.put(
+            UserspaceBan {
+                prefix: ban.prefix,
+                reason: ban.reason,
+                // An instant past what `Instant` can hold is as good as "until removed".
+                expires: ban.ttl.and_then(|t| now.checked_add(t)),
+                created_unix: unix_now(),
+                shadow,
+                manual: true,
+            },
+            now,
+        );
+    }
+
+    fn put(&self, ban: UserspaceBan, now: Instant) {
         let cap = self.cap.load(std::sync::atomic::Ordering::Relaxed).max(1);
         let Ok(mut bans) = self.bans.write() else {
             return;
         };
-        if bans.len() >= cap && !bans.contains_key(&decision.addr) {
-            bans.retain(|_, b| b.expires > now);
+        // An operator's ban is not shortened or turned into a copy by a detector's ban.
+        if !ban.manual
+            && bans
+                .get(&ban.prefix)
+                .is_some_and(|b| b.manual && b.live(now))
+        {
+            return;
+        }
+        if bans.len() >= cap && !bans.contains(&ban.prefix) && !ban.manual {
+            bans.retain(|b| b.live(now));
             if bans.len() >= cap {
-                // Make room by dropping the ban closest to its end: the newest offender is the
-                // one still active.
-                if let Some(first) = bans.values().min_by_key(|b| b.expires).map(|b| b.addr) {
-                    bans.remove(&first);
+                // Make room by dropping the detector's ban closest to its end: the newest
+                // offender is the one still active. An operator's bans are never dropped.
+                let first = bans
+                    .values()
+                    .filter(|b| !b.manual)
+                    .filter_map(|b| Some((b.expires?, b.prefix)))
+                    .min()
+                    .map(|(_, p)| p);
+                match first {
+                    Some(p) => {
+                        bans.remove(&p);
+                    }
+                    // Full of operators' bans: the detector's new ban cannot be held.
+                    None => return,
                 }
             }
         }
-        bans.insert(
-            decision.addr,
-            UserspaceBan {
-                addr: decision.addr,
-                reason: decision.reason,
-                expires: now + decision.ttl,
-                created_unix: unix_now(),
-                shadow,
-            },
-        );
+        bans.insert(ban);
         drop(bans);
         self.refresh_gauge();
     }
@@ -713,7 +1084,11 @@ mod tests {
         abuse.observe(&p, "key_invalid");
         abuse.observe(&p, "key_invalid");
         assert_eq!(abuse.banned(p.addr), Some(BanReason::AuthFailure));
-        let listed = |a: &Abuse| a.userspace_bans().iter().any(|b| b.addr == p.addr);
+        let listed = |a: &Abuse| {
+            a.userspace_bans()
+                .iter()
+                .any(|b| b.prefix == Prefix::host(p.addr))
+        };
         let deadline = Instant::now() + Duration::from_secs(5);
         while !listed(&abuse) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -762,5 +1137,160 @@ mod tests {
         let x = client("192.0.2.9", Origin::Peer);
         abuse.observe(&x, "token_invalid");
         assert_eq!(abuse.banned(x.addr), None);
+    }
+
+    fn prefix(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    fn manual(p: &str, ttl: Option<u64>) -> PrefixBan {
+        PrefixBan {
+            prefix: prefix(p),
+            reason: BanReason::Manual,
+            ttl: ttl.map(Duration::from_secs),
+            kernel_bannable: true,
+        }
+    }
+
+    #[test]
+    fn network_bans_cover_their_addresses_in_userspace() {
+        let abuse = engine(3);
+        abuse.set_allow_list(vec![prefix("10.9.0.0/16")]);
+        let got = abuse.ban_prefix(
+            &manual("198.51.100.0/24", Some(60)),
+            PrefixBanSource::Manual,
+        );
+        assert_eq!(got.unwrap(), Enforcement::Userspace);
+        let v6 = manual("2001:db8:1::/64", None);
+        abuse.ban_prefix(&v6, PrefixBanSource::Shared).unwrap();
+        assert_eq!(abuse.banned(ip("198.51.100.77")), Some(BanReason::Manual));
+        assert_eq!(
+            abuse.banned(ip("::ffff:198.51.100.77")),
+            Some(BanReason::Manual)
+        );
+        assert_eq!(abuse.banned(ip("198.51.101.1")), None);
+        assert_eq!(abuse.banned(ip("2001:db8:1::42")), Some(BanReason::Manual));
+        assert_eq!(abuse.banned(ip("2001:db8:2::42")), None);
+        // A host ban inside the network is found too, the more specific first.
+        let host = PrefixBan {
+            reason: BanReason::Validation,
+            ..manual("198.51.100.5", Some(60))
+        };
+        abuse.ban_prefix(&host, PrefixBanSource::Manual).unwrap();
+        assert_eq!(
+            abuse.banned(ip("198.51.100.5")),
+            Some(BanReason::Validation)
+        );
+        // A detector's ban of the same host does not replace the operator's.
+        for _ in 0..3 {
+            abuse.observe(&client("198.51.100.5", Origin::Header), "key_invalid");
+        }
+        assert_eq!(
+            abuse.banned(ip("198.51.100.5")),
+            Some(BanReason::Validation)
+        );
+        let listed: Vec<String> = abuse
+            .userspace_bans()
+            .iter()
+            .map(|b| b.prefix.to_string())
+            .collect();
+        assert_eq!(
+            listed[0], "2001:db8:1::/64",
+            "until removed lists first: {listed:?}"
+        );
+        assert_eq!(listed.len(), 3);
+        assert_eq!(
+            abuse.lift(prefix("198.51.100.0/24")).unwrap(),
+            Lifted {
+                kernel: false,
+                userspace: true
+            }
+        );
+        assert_eq!(abuse.banned(ip("198.51.100.77")), None);
+        assert_eq!(
+            abuse.banned(ip("198.51.100.5")),
+            Some(BanReason::Validation)
+        );
+        assert_eq!(
+            abuse.lift(prefix("198.51.100.0/24")).unwrap(),
+            Lifted::default()
+        );
+    }
+
+    #[test]
+    fn protected_networks_are_refused() {
+        let abuse = engine(3);
+        abuse.set_allow_list(vec![prefix("10.9.0.0/16")]);
+        for (p, why) in [
+            ("10.9.1.1", "allow-listed"),
+            ("10.9.0.0/24", "allow-listed"),
+            ("10.0.0.0/8", "allow list"),
+            ("10.200.0.0/16", "trusted proxies"),
+            ("0.0.0.0/1", "allow list"),
+        ] {
+            let e = abuse
+                .ban_prefix(&manual(p, Some(60)), PrefixBanSource::Manual)
+                .unwrap_err();
+            assert!(matches!(e, BanError::Protected { .. }), "{p}: {e}");
+            assert!(e.to_string().contains(why), "{p}: {e}");
+        }
+        assert!(matches!(
+            abuse.ban_prefix(&manual("::/0", None), PrefixBanSource::Manual),
+            Err(BanError::Everything(_))
+        ));
+        assert!(matches!(
+            abuse.ban_prefix(&manual("192.0.2.0/24", Some(0)), PrefixBanSource::Manual),
+            Err(BanError::ZeroTtl)
+        ));
+        assert!(abuse.userspace_bans().is_empty());
+        // Before any configuration nothing may be banned: the allow list is unknown.
+        let fresh = Abuse::new(config(3), None);
+        assert!(
+            fresh
+                .ban_prefix(&manual("192.0.2.1", Some(60)), PrefixBanSource::Manual)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn operators_bans_are_never_evicted_by_the_detectors() {
+        let mut c = config(1);
+        c.max_tracked_clients = 2;
+        let abuse = Abuse::new(c.clone(), None);
+        abuse.configure(
+            c,
+            None,
+            Arc::new(compile(&RuleSet::default()).unwrap()),
+            TrustedProxies::default(),
+        );
+        abuse
+            .ban_prefix(&manual("192.0.2.0/24", None), PrefixBanSource::Manual)
+            .unwrap();
+        for i in 1..=5 {
+            abuse.observe(
+                &client(&format!("198.51.100.{i}"), Origin::Header),
+                "key_invalid",
+            );
+        }
+        // The detector tracks two clients (the cap) and bans both; the second ban takes the
+        // place of the first, never the operator's.
+        assert_eq!(abuse.banned(ip("192.0.2.9")), Some(BanReason::Manual));
+        assert_eq!(abuse.banned(ip("198.51.100.1")), None);
+        assert_eq!(
+            abuse.banned(ip("198.51.100.2")),
+            Some(BanReason::AuthFailure)
+        );
+        assert!(abuse.shared.bans.read().unwrap().len() <= 2);
+        // Nor shortened by a detector's ban of the same host.
+        abuse
+            .ban_prefix(&manual("203.0.113.1", None), PrefixBanSource::Manual)
+            .unwrap();
+        abuse.observe(&client("203.0.113.1", Origin::Header), "key_invalid");
+        let b = abuse
+            .userspace_bans()
+            .into_iter()
+            .find(|b| b.prefix == prefix("203.0.113.1/32"))
+            .unwrap();
+        assert_eq!((b.reason, b.expires), (BanReason::Manual, None));
     }
 }

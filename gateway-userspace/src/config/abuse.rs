@@ -1,9 +1,9 @@
 //! `[abuse]` and its `[[abuse.rules]]`: when refusals from one client turn into a ban. Read
 //! (raw), checked and compiled here; the detector in `crate::abuse` applies it.
 //!
-//! The section is read apart from the other sections (see [`super::load_with_abuse`]) and its
-//! result kept beside [`super::Config`], so code that builds a proxy configuration by hand
-//! needs no abuse settings. `portcullis check` reads and checks it through the same path.
+//! The section is taken out of the document and read apart from the other sections (see
+//! [`super::load_str`]); its result is [`super::Config::abuse`]. `portcullis check` reads and
+//! checks it through the same path.
 
 use std::time::Duration;
 
@@ -362,8 +362,8 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<AbuseConfig, String> {
-        super::super::load_str_with_abuse(text, Path::new("/etc/portcullis/p.toml"))
-            .map(|(_, a)| a)
+        super::super::load_str(text, Path::new("/etc/portcullis/p.toml"))
+            .map(|c| c.abuse)
             .map_err(|e| e.to_string())
     }
 

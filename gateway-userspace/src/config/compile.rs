@@ -19,8 +19,13 @@ use crate::rules::cidr_file::{CidrFileError, parse_cidr_file};
 use crate::rules::geo::load_country_networks;
 use crate::rules::{CountryCode, DenySet, GeoRules, Mode, Prefix, RuleSet, UnknownCountry};
 
-/// Compiles every section. The result is only meaningful if nothing was reported to `d`.
-pub(crate) fn compile(raw: RawConfig, d: &mut Diagnostics) -> Config {
+/// Compiles every section; `abuse` is `[abuse]`, read and compiled apart (see `super::load_str`).
+/// The result is only meaningful if nothing was reported to `d`.
+pub(crate) fn compile(
+    raw: RawConfig,
+    abuse: super::abuse::AbuseConfig,
+    d: &mut Diagnostics,
+) -> Config {
     let admin = proxy_compile::admin(raw.admin, d);
     let proxy = proxy_compile::proxy(
         proxy_compile::RawProxySections {
@@ -47,6 +52,7 @@ pub(crate) fn compile(raw: RawConfig, d: &mut Diagnostics) -> Config {
         proxy,
         admin: admin.config,
         cluster: super::cluster::compile(raw.cluster, d),
+        abuse,
     }
 }
 

@@ -53,11 +53,6 @@ use source::{Diagnostics, SourceFile};
 /// Reads, parses and compiles the config file at `path`. Relative paths inside it resolve
 /// against its directory.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    load_with_abuse(path).map(|(config, _)| config)
-}
-
-/// [`load`], also returning the compiled `[abuse]` section (checked by [`load`] all the same).
-pub fn load_with_abuse(path: &Path) -> Result<(Config, AbuseConfig), ConfigErrors> {
     match std::fs::read(path) {
         Ok(bytes) => load_bytes(&bytes, path),
         Err(e) => Err(ConfigErrors::new(vec![ConfigError {
@@ -74,11 +69,6 @@ pub fn load_with_abuse(path: &Path) -> Result<(Config, AbuseConfig), ConfigError
 /// Parses and compiles config text as if read from `path` (used for messages and to resolve
 /// relative paths; the file itself is not read).
 pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    load_str_with_abuse(text, path).map(|(config, _)| config)
-}
-
-/// [`load_str`], also returning the compiled `[abuse]` section.
-pub fn load_str_with_abuse(text: &str, path: &Path) -> Result<(Config, AbuseConfig), ConfigErrors> {
     let source = SourceFile::new(path, text);
     let mut d = Diagnostics::new(&source);
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
@@ -92,8 +82,9 @@ pub fn load_str_with_abuse(text: &str, path: &Path) -> Result<(Config, AbuseConf
         d.at(&span, ErrorKind::Syntax(first.message().to_owned()));
         return Err(d.into_errors());
     }
-    // `[abuse]` is taken out before the other sections are read, so the top level does not
-    // report it as unknown; it is read and checked like any other section.
+    // `[abuse]` is taken out before the other sections are read and compiled on its own (the
+    // raw top-level reader is shared with other tools and does not know it), then lands in
+    // `Config::abuse`; it is read and checked like any other section.
     let mut doc = doc;
     let mut abuse_only = DeTable::new();
     if let Some((key, value)) = doc.get_mut().remove_entry("abuse") {
@@ -103,9 +94,9 @@ pub fn load_str_with_abuse(text: &str, path: &Path) -> Result<(Config, AbuseConf
         .table("abuse", &mut d)
         .read_or_default(&mut d, abuse::RawAbuse::read);
     let raw = raw::RawConfig::read(doc.get_ref(), &mut d);
-    let config = compile::compile(raw, &mut d);
     let abuse = abuse::compile(raw_abuse, &mut d);
-    d.finish((config, abuse)).map_err(top_level_knows_abuse)
+    let config = compile::compile(raw, abuse, &mut d);
+    d.finish(config).map_err(top_level_knows_abuse)
 }
 
 /// The top-level reader never saw `abuse` (it was taken out first): put it back among the keys
@@ -134,9 +125,9 @@ fn top_level_knows_abuse(errors: ConfigErrors) -> ConfigErrors {
 }
 
 /// Config bytes: TOML must be UTF-8, so bad bytes are an error located at the first of them.
-fn load_bytes(bytes: &[u8], path: &Path) -> Result<(Config, AbuseConfig), ConfigErrors> {
+fn load_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigErrors> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => load_str_with_abuse(text, path),
+        Ok(text) => load_str(text, path),
         Err(e) => {
             let valid = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
             let source = SourceFile::new(path, &valid);

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::abuse::AbuseConfig;
 use super::cluster::ClusterConfig;
 use super::proxy_model::{AdminConfig, ProxyConfig};
 use crate::rules::RuleSet;
@@ -23,6 +24,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[cluster]`: the shared Redis; `None` when the section is absent.
     pub cluster: Option<ClusterConfig>,
+    /// `[abuse]`: when refusals from one client become a ban; the defaults when absent.
+    pub abuse: AbuseConfig,
 }
 
 /// `[kernel]`: the XDP layer.
