@@ -16,8 +16,10 @@
 //! endpoint), and bans received from other gateways may name a network: the userspace set is
 //! keyed by prefix, and a lookup probes only the prefix lengths in use (usually just hosts).
 //!
-//! The kernel write happens on a thread of its own fed by a channel, so a request never waits
-//! on a map update, and without batching, so the ban is in the map within about a millisecond.
+//! The kernel write happens on the path that decided the ban, at once and without batching: a
+//! map update is one `bpf()` call of a few microseconds, while handing it to a thread of its
+//! own cost up to several milliseconds of scheduling delay on a busy machine (measured by
+//! `cargo xtask bench limits`), and the ban must be in the map within a millisecond.
 //! Every decision is a security log event (target `portcullis::security`) and a metric, and
 //! can be observed ([`Abuse::subscribe`]) or applied from elsewhere ([`Abuse::apply`]) to share
 //! bans between gateways.
@@ -26,7 +28,7 @@ pub mod detector;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use gateway_common::action;
@@ -258,7 +260,7 @@ struct Settings {
     allow: Vec<Prefix>,
 }
 
-/// State shared with the kernel writer thread.
+/// The userspace ban set and what counts it.
 struct Shared {
     bans: RwLock<BanSet>,
     /// Cap on the userspace set (the tracked-clients cap).
@@ -266,7 +268,7 @@ struct Shared {
     metrics: Option<Arc<Metrics>>,
 }
 
-/// An order for the kernel writer.
+/// A ban for the kernel map.
 struct Order {
     layout: PinLayout,
     decision: BanDecision,
@@ -281,27 +283,20 @@ pub struct Abuse {
     detector: Mutex<Detector>,
     settings: RwLock<Settings>,
     shared: Arc<Shared>,
-    orders: mpsc::Sender<Order>,
+    /// The pinned ban map, opened on first use and reopened when the layout changes or a
+    /// write fails (the filter may have been restarted and its maps replaced).
+    kernel: Mutex<Option<(PinLayout, Bans)>>,
     decided: broadcast::Sender<BanDecision>,
 }
 
 impl Abuse {
-    /// Starts the engine (and its kernel writer thread) with `config`.
+    /// Starts the engine with `config`.
     pub fn new(config: AbuseConfig, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
         let shared = Arc::new(Shared {
             bans: RwLock::new(BanSet::default()),
             cap: config.max_tracked_clients.into(),
             metrics,
         });
-        let (tx, rx) = mpsc::channel();
-        let writer_shared = shared.clone();
-        // Ends when the engine, and so the sender, is dropped.
-        let spawned = std::thread::Builder::new()
-            .name("abuse-bans".into())
-            .spawn(move || kernel_writer(rx, writer_shared));
-        if let Err(e) = spawned {
-            warn!(error = %e, "cannot start the abuse ban writer; kernel bans fall back to userspace");
-        }
         let (decided, _) = broadcast::channel(1024);
         Arc::new(Self {
             detector: Mutex::new(Detector::new(config)),
@@ -312,7 +307,7 @@ impl Abuse {
                 allow: Vec::new(),
             }),
             shared,
-            orders: tx,
+            kernel: Mutex::new(None),
             decided,
         })
     }
@@ -530,10 +525,7 @@ impl Abuse {
                     rule,
                     also_userspace: !peer,
                 };
-                let sent = self.orders.send(order).is_ok();
-                if !sent {
-                    warn!(client_ip = %decision.addr, "the abuse ban writer is gone; banning in userspace");
-                    self.shared.insert_userspace(decision, now, false);
+                if !self.write_kernel(&order) {
                     Enforcement::Userspace
                 } else if peer {
                     Enforcement::Kernel
@@ -543,12 +535,11 @@ impl Abuse {
             }
             _ => {
                 self.shared.insert_userspace(decision, now, false);
+                self.count(rule, "userspace");
                 Enforcement::Userspace
             }
         };
-        if enforcement == Enforcement::Userspace {
-            self.count(rule, "userspace");
-        }
+        // A failed kernel write was counted as `failed` where it happened.
         enforcement
     }
 
@@ -833,29 +824,31 @@ impl Shared {
     }
 }
 
-/// Writes kernel bans as they come, one at a time, no batching.
-fn kernel_writer(rx: mpsc::Receiver<Order>, shared: Arc<Shared>) {
-    let mut open: Option<(PinLayout, Bans)> = None;
-    while let Ok(order) = rx.recv() {
+impl Abuse {
+    /// Writes one ban into the kernel map; false (logged, counted, and the ban enforced in
+    /// userspace instead) when the map cannot be written.
+    fn write_kernel(&self, order: &Order) -> bool {
         let d = &order.decision;
-        if open.as_ref().is_none_or(|(l, _)| *l != order.layout) {
-            open = Bans::open(&order.layout)
-                .ok()
-                .map(|b| (order.layout.clone(), b));
-        }
-        let mut result = match open.as_mut() {
-            Some((_, bans)) => bans.ban(Prefix::host(d.addr), Some(d.ttl), d.reason),
-            None => Bans::open(&order.layout).map(|_| ()),
-        };
-        if result.is_err() {
-            // The pinned maps may have been replaced (a restart of the filter): reopen once.
-            open = Bans::open(&order.layout)
-                .ok()
-                .map(|b| (order.layout.clone(), b));
-            if let Some((_, bans)) = open.as_mut() {
-                result = bans.ban(Prefix::host(d.addr), Some(d.ttl), d.reason);
+        // A panic while holding the lock leaves only a map handle behind: still usable.
+        let mut open = self
+            .kernel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let attempt = |open: &mut Option<(PinLayout, Bans)>| {
+            if open.as_ref().is_none_or(|(l, _)| *l != order.layout) {
+                *open = Some((order.layout.clone(), Bans::open(&order.layout)?));
             }
-        }
+            match open.as_mut() {
+                Some((_, bans)) => bans.ban(Prefix::host(d.addr), Some(d.ttl), d.reason),
+                None => Ok(()),
+            }
+        };
+        let result = attempt(&mut open).or_else(|_| {
+            // The pinned maps may have been replaced (a restart of the filter): reopen once.
+            *open = None;
+            attempt(&mut open)
+        });
+        drop(open);
         let latency_us = order.decided.elapsed().as_micros() as u64;
         match result {
             Ok(()) => {
@@ -873,7 +866,8 @@ fn kernel_writer(rx: mpsc::Receiver<Order>, shared: Arc<Shared>) {
                 } else {
                     "kernel"
                 };
-                shared.count(order.rule, action);
+                self.shared.count(order.rule, action);
+                true
             }
             Err(e) => {
                 warn!(
@@ -884,10 +878,9 @@ fn kernel_writer(rx: mpsc::Receiver<Order>, shared: Arc<Shared>) {
                     error = %e,
                     "writing the ban to the kernel failed; enforcing it in userspace"
                 );
-                shared.count(order.rule, "failed");
-                if !order.also_userspace {
-                    shared.insert_userspace(d, order.decided, false);
-                }
+                self.shared.count(order.rule, "failed");
+                self.shared.insert_userspace(d, order.decided, false);
+                false
             }
         }
     }
@@ -1078,8 +1071,8 @@ mod tests {
         abuse.observe(&c, "key_invalid");
         assert_eq!(abuse.banned(c.addr), Some(BanReason::AuthFailure));
         assert!(!decided.try_recv().unwrap().kernel_bannable);
-        // A peer goes to the kernel writer, its userspace record a shadow (refused, not
-        // listed); with no pinned map there, the writer enforces it in userspace instead.
+        // A peer goes to the kernel map, its userspace record a shadow (refused, not listed);
+        // with no pinned map there, the failed write enforces it in userspace instead.
         let p = client("203.0.113.8", Origin::Peer);
         abuse.observe(&p, "key_invalid");
         abuse.observe(&p, "key_invalid");
@@ -1089,10 +1082,7 @@ mod tests {
                 .iter()
                 .any(|b| b.prefix == Prefix::host(p.addr))
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !listed(&abuse) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // Written on the deciding path: the fallback is in place when `observe` returns.
         assert!(
             listed(&abuse),
             "the failed kernel write became a userspace ban"
