@@ -45,26 +45,9 @@ const ADDRESSES_PER_CASE: usize = 8;
 const SIZES: [usize; 4] = [0, 10_000, 100_000, 1_000_000];
 
 pub fn run(what: Which) -> anyhow::Result<()> {
-    // Numbers from an unoptimised build would say nothing: measure a release build.
-    if cfg!(debug_assertions) {
-        let name = match what {
-            Which::Kernel => "kernel",
-            Which::Proxy => "proxy",
-        };
-        return crate::cargo(&[
-            "run",
-            "--release",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--",
-            "bench",
-            name,
-        ]);
-    }
     match what {
-        Which::Kernel => kernel(),
-        Which::Proxy => crate::bench_proxy::run(),
+        Which::Kernel => crate::in_release("kernel", kernel),
+        Which::Proxy => crate::in_release("proxy", crate::bench_proxy::run),
     }
 }
 

@@ -65,8 +65,8 @@ const CONNECTIONS: usize = 64;
 /// Threads of the load generator's runtime, and worker threads of each proxy (Portcullis'
 /// runtime has two workers; Envoy `--concurrency`).
 const WORKERS: usize = 2;
-const WARM_UP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(3);
+pub(crate) const WARM_UP: Duration = Duration::from_millis(500);
+pub(crate) const MEASURE: Duration = Duration::from_secs(3);
 /// Each measurement is repeated and the median reported: the two cores are shared.
 const RUNS: usize = 3;
 /// New tokens per run and algorithm; each run spends its own share, so a proxy never sees a

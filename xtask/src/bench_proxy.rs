@@ -12,6 +12,8 @@
 //! 2. **Memory.** Resident set (VmRSS) of each proxy idle after start, holding 10,000 idle TLS
 //!    connections (handshake completed, nothing sent), after they closed, after the load runs,
 //!    and holding 10,000 again (which tells memory kept for reuse from memory leaked).
+//! 3. **Validation cost.** Request schema validation per request, in process and through a
+//!    proxy with and without it (`bench_validation.rs`; alone: `cargo xtask bench validation`).
 //!
 //! The machine has two cores, shared by oha, the proxy under test and the backend: the figures
 //! compare the proxies with each other on the same footing, not with what they would do alone.
@@ -228,7 +230,11 @@ pub fn run() -> anyhow::Result<()> {
         "load average (1, 5, 15 min) before / after the load runs",
         format!("{load_before} / {load_after}"),
     ));
-    let report = report(&targets, &results, &memory, &versions)?;
+    let mut report = report(&targets, &results, &memory, &versions)?;
+    // The validation section starts its own proxy: stop these first so they take no CPU.
+    drop(portcullis);
+    drop(envoy);
+    report.push_str(&crate::bench_validation::section(&portcullis_bin)?);
     let out = crate::root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("proxy.md"), &report)?;

@@ -245,6 +245,48 @@ impl LoopbackServer {
     }
 
     pub(crate) fn start(name: &str, handler: Arc<Handler>) -> anyhow::Result<Self> {
+        Self::spawn(name, move |stream| {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let response = handler(&req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        })
+    }
+
+    /// A backend that reads every request body to its end and answers 200 with `received N
+    /// bytes`: for bodies, where a backend answering from the head alone would leave a large
+    /// body unread (hyper then closes the connection, so the proxy would reconnect per
+    /// request) and nothing would show that the whole body arrived. HTTP/1.1 only.
+    pub(crate) fn draining() -> anyhow::Result<Self> {
+        Self::spawn("bench-draining-backend", |stream| {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let answer = match http_body_util::BodyExt::collect(req.into_body()).await {
+                        Ok(body) => format!("received {} bytes\n", body.to_bytes().len()),
+                        Err(_) => "body error\n".to_owned(),
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        })
+    }
+
+    /// Binds 127.0.0.1:0 and hands every accepted connection to `on_connection` on a
+    /// single-threaded runtime of its own thread.
+    fn spawn(
+        name: &str,
+        on_connection: impl Fn(tokio::net::TcpStream) + Send + 'static,
+    ) -> anyhow::Result<Self> {
         let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -254,7 +296,7 @@ impl LoopbackServer {
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || runtime.block_on(serve(listener, handler, stopped)))?;
+            .spawn(move || runtime.block_on(serve(listener, on_connection, stopped)))?;
         Ok(Self {
             addr,
             stop: Some(stop),
@@ -274,7 +316,11 @@ impl Drop for LoopbackServer {
 
 /// Accepts until `stop` fires (or its sender is dropped); returning drops the runtime, which
 /// cancels every connection task.
-async fn serve(listener: StdTcpListener, handler: Arc<Handler>, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    listener: StdTcpListener,
+    on_connection: impl Fn(tokio::net::TcpStream),
+    mut stop: oneshot::Receiver<()>,
+) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
@@ -287,17 +333,7 @@ async fn serve(listener: StdTcpListener, handler: Arc<Handler>, mut stop: onesho
             _ = &mut stop => return,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let service = service_fn(move |req: Request<Incoming>| {
-                let response = handler(&req);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        on_connection(stream);
     }
 }
 

@@ -7,6 +7,7 @@ mod bench_auth;
 mod bench_limits;
 mod bench_proxy;
 mod bench_util;
+mod bench_validation;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,10 @@ enum BenchWhich {
     /// offending request to the XDP drop, a shared limit's accuracy, proxy throughput with and
     /// without a limit (needs root).
     Limits,
+    /// Request schema validation: in-process cost of one body (200 B, 10 kB, 100 kB) and
+    /// proxy throughput on a validated route against the same route without validation (also
+    /// part of `bench proxy`).
+    Validation,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,34 +78,30 @@ fn main() -> anyhow::Result<()> {
             }
             match what {
                 BenchWhich::Other(what) => bench::run(what),
-                BenchWhich::Auth if cfg!(debug_assertions) => {
-                    // Numbers from an unoptimised build would say nothing: measure a release build.
-                    cargo(&[
-                        "run",
-                        "--release",
-                        "--quiet",
-                        "--package",
-                        "xtask",
-                        "--",
-                        "bench",
-                        "auth",
-                    ])
-                }
-                BenchWhich::Auth => bench_auth::run(),
-                BenchWhich::Limits if cfg!(debug_assertions) => cargo(&[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "--package",
-                    "xtask",
-                    "--",
-                    "bench",
-                    "limits",
-                ]),
-                BenchWhich::Limits => bench_limits::run(),
+                BenchWhich::Auth => in_release("auth", bench_auth::run),
+                BenchWhich::Limits => in_release("limits", bench_limits::run),
+                BenchWhich::Validation => in_release("validation", bench_validation::run),
             }
         }
     }
+}
+
+/// Runs benchmark `name`: directly in a release build, else through `cargo run --release`,
+/// because numbers from an unoptimised build would say nothing.
+pub fn in_release(name: &str, run: fn() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        return cargo(&[
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "bench",
+            name,
+        ]);
+    }
+    run()
 }
 
 /// The workspace root.
