@@ -234,31 +234,53 @@ fn wait_for(what: &str, gateway: &Gateway, mut cond: impl FnMut() -> bool) {
     );
 }
 
+/// A gateway with XDP on the gateway end of a veth pair whose client side holds CLIENT and
+/// PROXY, ready. Fields drop in order: the gateway first, then the namespaces, then the pins.
+struct KernelGateway {
+    gateway: Gateway,
+    _dir: tempfile::TempDir,
+    link: Link,
+    pins: PinRoot,
+}
+
+impl KernelGateway {
+    /// `kernel_extra`: more `[kernel]` keys, one per line.
+    fn start(kernel_extra: &str) -> Self {
+        let pins = PinRoot::new();
+        let link = Link::new(&[CLIENT, PROXY]);
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = format!(
+            "[kernel]\ninterfaces = [\"{}\"]\npin_root = \"{}\"\n{kernel_extra}",
+            link.gateway_if,
+            pins.path().display()
+        );
+        let cfg = write_config(
+            dir.path(),
+            &kernel,
+            SocketAddr::from(([0, 0, 0, 0], LISTEN_PORT)),
+            ADMIN_PORT,
+            PROXY,
+        );
+        let gateway = Gateway::start(&link.gateway, &cfg);
+        wait_for("readiness", &gateway, || {
+            admin(&link, "/ready").is_some_and(|(s, _)| s == 200)
+        });
+        Self {
+            gateway,
+            _dir: dir,
+            link,
+            pins,
+        }
+    }
+}
+
 #[test]
 fn bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires() {
     if !require_privileges("bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires") {
         return;
     }
-    // Drop order: the gateway first, then the namespaces, then the pins.
-    let pins = PinRoot::new();
-    let link = Link::new(&[CLIENT, PROXY]);
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = format!(
-        "[kernel]\ninterfaces = [\"{}\"]\npin_root = \"{}\"\nban_sweep_interval = \"1s\"",
-        link.gateway_if,
-        pins.path().display()
-    );
-    let cfg = write_config(
-        dir.path(),
-        &kernel,
-        SocketAddr::from(([0, 0, 0, 0], LISTEN_PORT)),
-        ADMIN_PORT,
-        PROXY,
-    );
-    let gateway = Gateway::start(&link.gateway, &cfg);
-    wait_for("readiness", &gateway, || {
-        admin(&link, "/ready").is_some_and(|(s, _)| s == 200)
-    });
+    let setup = KernelGateway::start("ban_sweep_interval = \"1s\"");
+    let (pins, link, gateway) = (&setup.pins, &setup.link, &setup.gateway);
 
     // Behind the trusted proxy: the header address is banned in userspace, never in the
     // kernel, and the proxy itself is never banned.
@@ -273,10 +295,10 @@ fn bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires() {
         );
         assert_eq!(got.map(|g| g.0), Some(401), "request {i}");
     }
-    wait_for("the userspace ban", &gateway, || {
-        admin(&link, "/bans").is_some_and(|(_, b)| b.contains(behind))
+    wait_for("the userspace ban", gateway, || {
+        admin(link, "/bans").is_some_and(|(_, b)| b.contains(behind))
     });
-    let (_, bans) = admin(&link, "/bans").unwrap();
+    let (_, bans) = admin(link, "/bans").unwrap();
     assert!(bans.contains("\"enforced\":\"userspace\""), "{bans}");
     assert!(bans.contains("auth-failure"), "{bans}");
     assert_eq!(kernel_ban(pins.path(), behind), None);
@@ -350,7 +372,7 @@ fn bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires() {
         None,
         "the spoofed address is never banned"
     );
-    let (_, bans) = admin(&link, "/bans").unwrap();
+    let (_, bans) = admin(link, "/bans").unwrap();
     assert!(!bans.contains(spoofed), "{bans}");
     assert!(bans.contains("\"enforced\":\"kernel\""), "{bans}");
     assert_eq!(
@@ -382,7 +404,7 @@ fn bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires() {
     );
     assert_eq!(got.map(|g| g.0), Some(401), "other sources are unaffected");
 
-    let (_, metrics) = admin(&link, "/metrics").unwrap();
+    let (_, metrics) = admin(link, "/metrics").unwrap();
     assert!(
         metrics.contains("portcullis_abuse_bans_total{rule=\"auth_failure\",action=\"kernel\"} 1"),
         "{metrics}"
@@ -443,25 +465,8 @@ fn manual_network_ban_through_the_admin_endpoint_is_a_kernel_ban() {
     if !require_privileges("manual_network_ban_through_the_admin_endpoint_is_a_kernel_ban") {
         return;
     }
-    let pins = PinRoot::new();
-    let link = Link::new(&[CLIENT, PROXY]);
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = format!(
-        "[kernel]\ninterfaces = [\"{}\"]\npin_root = \"{}\"",
-        link.gateway_if,
-        pins.path().display()
-    );
-    let cfg = write_config(
-        dir.path(),
-        &kernel,
-        SocketAddr::from(([0, 0, 0, 0], LISTEN_PORT)),
-        ADMIN_PORT,
-        PROXY,
-    );
-    let gateway = Gateway::start(&link.gateway, &cfg);
-    wait_for("readiness", &gateway, || {
-        admin(&link, "/ready").is_some_and(|(s, _)| s == 200)
-    });
+    let setup = KernelGateway::start("");
+    let (pins, link, gateway) = (&setup.pins, &setup.link, &setup.gateway);
     let cli = |args: &[&str]| {
         link.gateway
             .command(portcullis_bin())

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use http::HeaderName;
-use toml::Spanned;
 
 use super::error::ErrorKind;
 use super::raw::Strings;
-use super::reader::{Field, Keyword, Table};
+use super::reader::{Field, Table};
 use super::size::{self, RawSize};
 use super::source::Diagnostics;
+use super::validation::{invalid, read_document};
 use crate::proxy::response_policy::{Action, ResponsePolicy};
 use crate::validation::openapi::{self, Dialect, Parts};
 use crate::validation::response::{ResponseRules, ResponseValidation};
@@ -20,11 +20,6 @@ use crate::validation::response::{ResponseRules, ResponseValidation};
 /// Response bodies are buffered for validation up to this size unless `max_body_size` says
 /// otherwise: API responses are small, and the buffer is held per request in flight.
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
-
-impl Keyword for Action {
-    const WORDS: &'static [(&'static str, Self)] =
-        &[("prevent", Self::Prevent), ("detect", Self::Detect)];
-}
 
 /// `[routes.response]`.
 pub(crate) struct RawResponse {
@@ -118,28 +113,13 @@ fn body_validation(raw: &RawResponse, d: &mut Diagnostics) -> Option<Arc<Respons
         // `max_body_size` alone bounds nothing; writing out its default is not a mistake.
         (None, None) => return None,
     };
-    let path = super::compile::resolve(key, file, d)?;
-    let rules = std::fs::read_to_string(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| {
-            let value = openapi::parse(&text).map_err(|e| e.to_string())?;
-            if is_openapi {
-                openapi::operations(value, Parts::Responses)
-                    .map(ResponseRules::OpenApi)
-                    .map_err(|e| e.to_string())
-            } else {
-                openapi::compile(&value, "", Dialect::Draft202012)
-                    .map(ResponseRules::Body)
-                    .map_err(|e| e.to_string())
-            }
-        });
-    let rules = match rules {
-        Ok(rules) => rules,
-        Err(reason) => {
-            invalid(key, file, reason, d);
-            return None;
+    let (path, rules) = read_document(key, file, d, |value| {
+        if is_openapi {
+            openapi::operations(value, Parts::Responses).map(ResponseRules::OpenApi)
+        } else {
+            openapi::compile(&value, "", Dialect::Draft202012).map(ResponseRules::Body)
         }
-    };
+    })?;
     let max_body_bytes = match raw.max_body_size.present() {
         Some(s) => match size::parse(s.get_ref()) {
             Ok(n) => n,
@@ -160,13 +140,4 @@ fn body_validation(raw: &RawResponse, d: &mut Diagnostics) -> Option<Arc<Respons
         max_body_bytes,
         file: path,
     }))
-}
-
-fn invalid(key: &str, file: &Spanned<String>, reason: String, d: &mut Diagnostics) {
-    let kind = ErrorKind::Invalid {
-        key: key.into(),
-        value: file.get_ref().clone(),
-        reason,
-    };
-    d.at(&file.span(), kind);
 }

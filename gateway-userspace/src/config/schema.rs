@@ -759,8 +759,6 @@ struct RouteValidationSection {
 use crate::validation::{Action as ValidationAction, UnknownOperations as ValidationUnknown};
 keyword_schema!(ValidationAction, ValidationUnknown);
 
-keyword_schema!(crate::proxy::response_policy::Action);
-
 /// `[routes.response]`: backend response hygiene. Server, X-Powered-By and similar headers
 /// are always removed.
 #[derive(JsonSchema)]
@@ -772,7 +770,7 @@ struct RouteResponse {
     /// prevent: refuse a response outside status_codes, or one that fails schema/openapi
     /// (502). detect: log it and pass it on.
     #[schemars(extend("default" = "prevent"))]
-    action: Option<crate::proxy::response_policy::Action>,
+    action: Option<ValidationAction>,
     /// A JSON Schema (2020-12 unless it says otherwise) for the JSON bodies of 2xx responses.
     schema: Option<FilePath>,
     /// An OpenAPI 3.0 or 3.1 document: the status, media type and JSON body of each response

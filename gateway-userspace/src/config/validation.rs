@@ -81,28 +81,13 @@ pub(crate) fn compile(
             return None;
         }
     };
-    let path = resolve(file_key, file, d)?;
-    let document = std::fs::read_to_string(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| {
-            let value = openapi::parse(&text).map_err(|e| e.to_string())?;
-            if is_openapi {
-                openapi::operations(value, openapi::Parts::Requests)
-                    .map(Rules::OpenApi)
-                    .map_err(|e| e.to_string())
-            } else {
-                openapi::compile(&value, "", Dialect::Draft202012)
-                    .map(Rules::Body)
-                    .map_err(|e| e.to_string())
-            }
-        });
-    let rules = match document {
-        Ok(rules) => rules,
-        Err(reason) => {
-            invalid(file_key, file, reason, d);
-            return None;
+    let (path, rules) = read_document(file_key, file, d, |value| {
+        if is_openapi {
+            openapi::operations(value, openapi::Parts::Requests).map(Rules::OpenApi)
+        } else {
+            openapi::compile(&value, "", Dialect::Draft202012).map(Rules::Body)
         }
-    };
+    })?;
     let content_types = match raw.content_types.present() {
         Some(list) => list
             .get_ref()
@@ -150,7 +135,32 @@ pub(crate) fn compile(
     }))
 }
 
-fn invalid(key: &str, file: &Spanned<String>, reason: String, d: &mut Diagnostics) {
+/// Reads the OpenAPI document or JSON Schema named at `key` (relative to the config file) and
+/// compiles its parsed value with `compile`; a failure is reported at the key, with the place
+/// inside the document.
+pub(crate) fn read_document<T>(
+    key: &str,
+    file: &Spanned<String>,
+    d: &mut Diagnostics,
+    compile: impl FnOnce(serde_json::Value) -> Result<T, openapi::DocumentError>,
+) -> Option<(std::path::PathBuf, T)> {
+    let path = resolve(key, file, d)?;
+    let compiled = std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            let value = openapi::parse(&text).map_err(|e| e.to_string())?;
+            compile(value).map_err(|e| e.to_string())
+        });
+    match compiled {
+        Ok(t) => Some((path, t)),
+        Err(reason) => {
+            invalid(key, file, reason, d);
+            None
+        }
+    }
+}
+
+pub(crate) fn invalid(key: &str, file: &Spanned<String>, reason: String, d: &mut Diagnostics) {
     let kind = ErrorKind::Invalid {
         key: key.into(),
         value: file.get_ref().clone(),

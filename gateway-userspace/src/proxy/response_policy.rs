@@ -37,13 +37,8 @@ pub const LEAKY_HEADERS: [&str; 8] = [
     "x-backend-server",
 ];
 
-/// Whether a check refuses or only reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Action {
-    #[default]
-    Prevent,
-    Detect,
-}
+/// Whether a check refuses or only reports: the same words as request validation's.
+pub use crate::validation::Action;
 
 /// A route's response policy (`[routes.response]`).
 #[derive(Clone, Debug)]

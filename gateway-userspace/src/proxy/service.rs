@@ -494,7 +494,7 @@ async fn phases(
     let mut validated_body: Option<Bytes> = None;
     if let Some(v) = &route_cfg.validation {
         ex.phase = "validation";
-        validated_body = validate(v, &route_cfg.name, &mut req, ex).await?;
+        validated_body = validate(v, &mut req, ex).await?;
     }
 
     ex.phase = "upstream";
@@ -698,7 +698,13 @@ async fn phases(
                         let resp = finish_response(resp, in_flight, deadline);
                         let path = parts.uri.path();
                         let mut report = |rule: &'static str, failures: &[Failure]| {
-                            response_validation_failed(ex, policy.action, rule, failures);
+                            record_validation_failure(
+                                ex,
+                                "response",
+                                policy.action,
+                                rule,
+                                failures,
+                            );
                         };
                         policy
                             .validate(&parts.method, path, resp, deadline, &mut report)
@@ -717,7 +723,6 @@ async fn phases(
 /// buffered body when it was read. In detect mode failures are logged and counted, not refused.
 async fn validate(
     v: &crate::validation::RouteValidation,
-    route: &str,
     req: &mut Request<Incoming>,
     ex: &mut Exchange,
 ) -> Result<Option<Bytes>, Denial> {
@@ -734,12 +739,12 @@ async fn validate(
         Head::Unknown if v.unknown_operations == UnknownOperations::Pass => return Ok(None),
         Head::Unknown => {
             let rule = "validation:unknown_operation";
-            return validation_verdict(v, route, ex, rule, Denial::NotFound, &[]).map(|()| None);
+            return validation_verdict(v, ex, rule, Denial::NotFound, &[]).map(|()| None);
         }
         Head::UnsupportedType => {
             let rule = "validation:content_type";
             let denial = Denial::UnsupportedMediaType;
-            return validation_verdict(v, route, ex, rule, denial, &[]).map(|()| None);
+            return validation_verdict(v, ex, rule, denial, &[]).map(|()| None);
         }
         Head::Checked { failures, body } => (failures, body),
     };
@@ -765,30 +770,28 @@ async fn validate(
     if !failures.is_empty() {
         let rule = "validation:failed";
         let denial = Denial::ValidationFailed(failures.clone());
-        validation_verdict(v, route, ex, rule, denial, &failures)?;
+        validation_verdict(v, ex, rule, denial, &failures)?;
     }
     Ok(buffered)
 }
 
-/// Logs and counts a response validation failure. The failures describe the backend's answer,
-/// so they go to the log only, never to the client.
-fn response_validation_failed(
+/// Logs and counts a validation failure of the request or the response (`direction`):
+/// locations and reasons only, because refused request values may be secrets; a response's
+/// failures describe the backend's answer, so they go to the log, never to the client.
+fn record_validation_failure(
     ex: &mut Exchange,
-    action: super::response_policy::Action,
-    rule: &'static str,
+    direction: &'static str,
+    action: crate::validation::Action,
+    rule: &str,
     failures: &[Failure],
 ) {
-    let action = match action {
-        super::response_policy::Action::Prevent => "prevent",
-        super::response_policy::Action::Detect => "detect",
-    };
     let route = ex.route.clone().unwrap_or_default();
     ex.metrics
         .validation_failures
         .get_or_create(&crate::metrics::ValidationLabels {
             route: route.clone(),
-            direction: "response".into(),
-            action: action.into(),
+            direction: direction.into(),
+            action: action.as_str().into(),
         })
         .inc();
     let failures: Vec<String> = failures
@@ -799,57 +802,36 @@ fn response_validation_failed(
         target: "portcullis::validation",
         request_id = %ex.request_id,
         route,
-        action,
+        direction,
+        action = action.as_str(),
         rule,
-        upstream = ex.upstream.as_deref().unwrap_or_default(),
+        upstream = ex.upstream.as_deref().unwrap_or("-"),
         ?failures,
-        "response validation failed"
+        "{direction} validation failed"
     );
     ex.rule = rule.into();
-    if action == "detect" {
-        ex.metrics.decision("response", rule, "detect");
+    if action == crate::validation::Action::Detect {
+        let phase = if direction == "request" {
+            "validation"
+        } else {
+            "response"
+        };
+        ex.metrics.decision(phase, rule, "detect");
     }
 }
 
 /// Logs and counts a validation failure; refuses in prevent mode, passes in detect mode.
 fn validation_verdict(
     v: &crate::validation::RouteValidation,
-    route: &str,
     ex: &mut Exchange,
     rule: &str,
     denial: Denial,
-    failures: &[crate::validation::Failure],
+    failures: &[Failure],
 ) -> Result<(), Denial> {
-    let action = v.action.as_str();
-    ex.metrics
-        .validation_failures
-        .get_or_create(&crate::metrics::ValidationLabels {
-            route: route.into(),
-            direction: "request".into(),
-            action: action.into(),
-        })
-        .inc();
-    // Locations and reasons only: the refused values may be secrets.
-    let failures: Vec<String> = failures
-        .iter()
-        .map(|f| format!("{}: {}", f.location, f.reason))
-        .collect();
-    tracing::warn!(
-        target: "portcullis::validation",
-        request_id = %ex.request_id,
-        route,
-        action,
-        rule,
-        ?failures,
-        "request validation failed"
-    );
-    ex.rule = rule.into();
+    record_validation_failure(ex, "request", v.action, rule, failures);
     match v.action {
         crate::validation::Action::Prevent => Err(denial),
-        crate::validation::Action::Detect => {
-            ex.metrics.decision("validation", rule, "detect");
-            Ok(())
-        }
+        crate::validation::Action::Detect => Ok(()),
     }
 }
 
