@@ -356,9 +356,16 @@ pub fn referenced_files(cfg: &Config) -> Vec<PathBuf> {
             }
         }
     }
-    for pool in &proxy.pools {
-        if let Some(tls) = &pool.tls {
-            files.push(tls.ca_file.clone());
+    let upstream_tls = proxy
+        .pools
+        .iter()
+        .filter_map(|p| p.tls.as_ref())
+        .chain(cfg.cluster.iter().filter_map(|c| Some(&c.tls.as_ref()?.0)));
+    for tls in upstream_tls {
+        files.push(tls.ca_file.clone());
+        if let Some(id) = &tls.client_identity {
+            files.push(id.cert_file.clone());
+            files.push(id.key_file.clone());
         }
     }
     for provider in &proxy.token_providers {

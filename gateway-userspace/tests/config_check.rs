@@ -1074,6 +1074,7 @@ fn the_proxy_example_loads_with_generated_certificates() {
     std::fs::create_dir_all(f.dir.path().join("secrets")).expect("mkdir secrets");
     f.file("secrets/billing.pass", "not-a-real-password\n");
     f.file("secrets/ledger-client.secret", "not-a-real-secret\n");
+    f.file("secrets/redis.pass", "not-a-real-password\n");
     f.file(
         "partner-jwks.json",
         include_str!("../../examples/partner-jwks.json"),
@@ -1120,6 +1121,36 @@ fn the_proxy_example_loads_with_generated_certificates() {
     let keys = c.proxy.api_keys.as_ref().expect("[api_keys]");
     assert_eq!(keys.store.len(), 1);
     assert!(c.proxy.routes.iter().any(|r| r.auth.api_key));
+    let cluster = c.cluster.as_ref().expect("[cluster]");
+    let tls = &cluster.tls.as_ref().expect("[cluster.tls]").0;
+    assert_eq!(tls.server_name.as_deref(), Some("redis.internal"));
+    assert!(tls.client_identity.is_some());
+}
+
+#[test]
+fn cluster_tls_mistakes() {
+    let f = Fixture::new();
+    f.cert("redis-ca", &["redis.internal"]);
+    let config = format!(
+        "{USERSPACE}\n[cluster]\nredis = \"127.0.0.1:6380\"\n[cluster.tls]\n\
+         server_name = \"not a name\"\nclient_cert = \"certs/redis-ca.pem\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:6:1: error: missing required key `ca` in [cluster.tls]\n\
+         $DIR/portcullis.toml:7:15: error: `cluster.tls.server_name`: `not a name` is not a \
+         valid DNS name or IP address"
+    );
+    // With the CA, the lone client certificate is the mistake left.
+    let config = format!(
+        "{USERSPACE}\n[cluster]\nredis = \"127.0.0.1:6380\"\n[cluster.tls]\n\
+         ca = \"certs/redis-ca.pem\"\nclient_cert = \"certs/redis-ca.pem\"\n"
+    );
+    assert_eq!(
+        f.check(&config),
+        "$DIR/portcullis.toml:6:1: error: missing required key `client_key` in [cluster.tls] \
+         (client_cert and client_key go together)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ pub struct Redis {
     child: Option<Child>,
     /// Extra `redis-server` arguments (`--requirepass`, ...), kept for restarts.
     extra: Vec<String>,
+    /// Serving TLS only (its port is the TLS port): readiness is an accepted connection, as a
+    /// plain PING cannot be answered.
+    tls: bool,
 }
 
 /// The `redis-server` binary: `REDIS_SERVER`, or the one on the PATH (Debian's
@@ -46,14 +49,36 @@ impl Redis {
         let dir =
             std::env::temp_dir().join(format!("portcullis-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temporary directory for redis");
+        let tls = extra.contains(&"--tls-port");
         let mut redis = Self {
             port,
             dir,
             child: None,
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            tls,
         };
         redis.restart();
         redis
+    }
+
+    /// Starts one that speaks TLS only, with `cert` and `key`, and requires clients to present
+    /// a certificate that chains to `client_ca`.
+    pub fn start_tls(cert: &Path, key: &Path, client_ca: &Path) -> Self {
+        let path = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
+        let (cert, key, ca) = (path(cert), path(key), path(client_ca));
+        // The port given to `start_with` becomes the TLS port; the plain one is closed.
+        Self::start_with(&[
+            "--tls-port",
+            "{port}",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "yes",
+        ])
     }
 
     /// `127.0.0.1:port`.
@@ -101,14 +126,26 @@ impl Redis {
     pub fn restart(&mut self) {
         self.stop();
         let bin = redis_server().expect("redis-server");
+        let port = self.port.to_string();
+        let (plain, extra): (&str, Vec<String>) = if self.tls {
+            // `{port}` in the extra arguments is this server's port.
+            let extra = self
+                .extra
+                .iter()
+                .map(|a| a.replace("{port}", &port))
+                .collect();
+            ("0", extra)
+        } else {
+            (&port, self.extra.clone())
+        };
         let child = Command::new(bin)
-            .args(["--port", &self.port.to_string()])
+            .args(["--port", plain])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
-            .args(&self.extra)
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -119,8 +156,8 @@ impl Redis {
         while Instant::now() < deadline {
             if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 // Accepting is not enough while it loads: PING must answer (PONG, or NOAUTH
-                // when a password is required).
-                if ping(&mut s) {
+                // when a password is required). Over TLS the empty data set loads at once.
+                if self.tls || ping(&mut s) {
                     return;
                 }
             }

@@ -518,3 +518,67 @@ async fn a_password_protected_redis_needs_the_password() {
             .is_ok()
     );
 }
+
+/// TLS to Redis (`[cluster.tls]`): a Redis serving TLS only and requiring client certificates.
+/// The gateway connects when it trusts the server's CA and presents its certificate; it does
+/// not with another CA, without a certificate, or in plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_redis_verifies_the_server_and_presents_the_gateway_certificate() {
+    use portcullis::cluster::ClusterTls;
+    use portcullis::config::{ClientIdentity, UpstreamTls};
+    use portcullis_tests::pki::TestPki;
+
+    assert!(redis_server().is_some(), "needs redis-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new("redis-tls");
+    let (cert, key) = pki.write_server(dir.path(), "redis", &["localhost", "127.0.0.1"]);
+    let ca = pki.write_ca(dir.path());
+    let redis = Redis::start_tls(&cert, &key, &ca);
+    let gateway_cert = pki.client("gateway", &[]);
+    let identity = ClientIdentity {
+        chain: gateway_cert.chain(),
+        key: Arc::new(gateway_cert.private_key()),
+        cert_file: dir.path().join("unused.crt"),
+        key_file: dir.path().join("unused.key"),
+    };
+    let tls = |roots: Arc<rustls::RootCertStore>, identity: Option<ClientIdentity>| {
+        let mut c = config(&redis);
+        c.connect_timeout = Duration::from_millis(500);
+        c.tls = Some(ClusterTls(UpstreamTls {
+            roots,
+            ca_file: ca.clone(),
+            server_name: None,
+            client_identity: identity,
+        }));
+        c
+    };
+
+    // Trusted server, certificate presented: connected, and the store answers.
+    let (store, _) = gateway(tls(pki.roots(), Some(identity.clone()))).await;
+    let answered = store
+        .check_rates(&[limit("tls", 10, Duration::from_secs(1), 10)])
+        .await;
+    assert!(answered.is_ok(), "{answered:?}");
+
+    // Each of these is refused, and the store reports Redis unreachable (mode open).
+    let other_ca = TestPki::new("not-redis");
+    let refused = [
+        ("another CA", tls(other_ca.roots(), Some(identity.clone()))),
+        ("no client certificate", tls(pki.roots(), None)),
+        ("plain TCP", config(&redis)),
+    ];
+    for (what, cfg) in refused {
+        let metrics = ClusterMetrics::default();
+        let store = Cluster::start(cfg, metrics.clone());
+        assert!(
+            !store.wait_connected(Duration::from_millis(800)).await,
+            "{what}: connected"
+        );
+        assert!(metrics.connection_errors.get() >= 1, "{what}");
+        let e = store
+            .check_rates(&[limit("tls", 10, Duration::from_secs(1), 10)])
+            .await
+            .expect_err("not connected");
+        assert_eq!(e.cause, CallError::NotConnected, "{what}");
+    }
+}

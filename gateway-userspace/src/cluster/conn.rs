@@ -14,13 +14,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::resp::{self, ProtocolError, Value};
 use super::{ClusterConfig, PasswordSource};
 use crate::metrics::ClusterMetrics;
+
+/// A byte stream to Redis: plain TCP, or TLS over it with `[cluster.tls]`.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection to Redis, authenticated and answering.
+pub(crate) type Stream = Box<dyn Io>;
 
 /// Why a call got no answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -222,7 +229,7 @@ enum End {
 
 /// Serves requests on one connection until it fails or every handle is dropped.
 async fn serve(
-    mut stream: TcpStream,
+    mut stream: Stream,
     rx: &mut mpsc::Receiver<Request>,
     config: &ClusterConfig,
 ) -> End {
@@ -242,7 +249,7 @@ async fn serve(
 }
 
 async fn serve_inner(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     rx: &mut mpsc::Receiver<Request>,
     config: &ClusterConfig,
     pending: &mut VecDeque<Pending>,
@@ -312,11 +319,7 @@ async fn serve_inner(
     }
 }
 
-async fn write(
-    stream: &mut TcpStream,
-    output: &mut BytesMut,
-    limit: Duration,
-) -> Result<(), String> {
+async fn write(stream: &mut Stream, output: &mut BytesMut, limit: Duration) -> Result<(), String> {
     if output.is_empty() {
         return Ok(());
     }
@@ -334,16 +337,20 @@ fn protocol(e: ProtocolError) -> String {
 }
 
 /// Opens a connection and authenticates it when a password is configured.
-pub(crate) async fn connect(config: &ClusterConfig) -> Result<TcpStream, ConnectError> {
+pub(crate) async fn connect(config: &ClusterConfig) -> Result<Stream, ConnectError> {
     let address = config.redis.clone();
     let attempt = async {
-        let mut stream = TcpStream::connect(&address)
+        let tcp = TcpStream::connect(&address)
             .await
             .map_err(|e| ConnectError::Connect {
                 address: address.clone(),
                 reason: e.to_string(),
             })?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream: Stream = match &config.tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(tls_handshake(&tls.0, &address, tcp).await?),
+        };
         if let Some(password) = read_password(config.password.as_ref())? {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
             if let Some(user) = &config.username {
@@ -372,9 +379,39 @@ pub(crate) async fn connect(config: &ClusterConfig) -> Result<TcpStream, Connect
     }
 }
 
+/// TLS over `tcp`: Redis's certificate must chain to `[cluster.tls] ca` and carry
+/// `server_name` (default: the host of `redis`), as for TLS backends; never unverified.
+async fn tls_handshake(
+    tls: &crate::config::UpstreamTls,
+    address: &str,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let failed = |reason: String| ConnectError::Connect {
+        address: address.to_owned(),
+        reason,
+    };
+    let host = match &tls.server_name {
+        Some(name) => name.clone(),
+        None => host_of(address).to_owned(),
+    };
+    let name = rustls_pki_types::ServerName::try_from(host)
+        .map_err(|e| failed(format!("no TLS server name for it: {e}")))?;
+    let config = crate::proxy::tls::upstream_client_config(Some(tls), &[]);
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| failed(format!("TLS handshake: {e}")))
+}
+
+/// The host of `host:port` or `[v6]:port`.
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// One command and its reply, before the connection is shared.
 pub(crate) async fn handshake<A: AsRef<[u8]>>(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     args: &[A],
 ) -> Result<Value, ConnectError> {
     let mut frame = BytesMut::new();
@@ -389,10 +426,7 @@ pub(crate) async fn handshake<A: AsRef<[u8]>>(
 }
 
 /// Reads until `input` holds one whole reply.
-pub(crate) async fn read_reply(
-    stream: &mut TcpStream,
-    input: &mut BytesMut,
-) -> Result<Value, String> {
+pub(crate) async fn read_reply(stream: &mut Stream, input: &mut BytesMut) -> Result<Value, String> {
     loop {
         match resp::parse(input) {
             Ok(Some(v)) => return Ok(v),
@@ -490,6 +524,13 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tls_name_defaults_to_the_host_of_the_address() {
+        assert_eq!(host_of("redis.internal:6380"), "redis.internal");
+        assert_eq!(host_of("203.0.113.5:6379"), "203.0.113.5");
+        assert_eq!(host_of("[2001:db8::5]:6379"), "2001:db8::5");
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {

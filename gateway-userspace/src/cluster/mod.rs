@@ -22,7 +22,7 @@ mod scripts;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use crate::config::{ClusterConfig, FailMode, PasswordSource};
+pub use crate::config::{ClusterConfig, ClusterTls, FailMode, PasswordSource};
 pub use crate::metrics::ClusterMetrics;
 pub use bans::{BanEvent, BanSubscription, ClusterBan, NewBan};
 pub use conn::CallError;

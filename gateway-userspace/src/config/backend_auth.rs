@@ -314,12 +314,13 @@ fn secret(
     }
 }
 
-/// The gateway's client certificate for mTLS to backends (`client_cert` and `client_key` of
-/// `[pools.tls]`); both or neither.
+/// The gateway's client certificate for mTLS to backends or Redis (`client_cert` and
+/// `client_key` of `[pools.tls]` or `[cluster.tls]`, named by `table`); both or neither.
 pub(crate) fn client_identity(
     cert: &Field<String>,
     key: &Field<String>,
     header: &Span,
+    table: &str,
     d: &mut Diagnostics,
 ) -> Option<ClientIdentity> {
     let (cert, key) = match (cert.present(), key.present()) {
@@ -333,14 +334,14 @@ pub(crate) fn client_identity(
             };
             let kind = ErrorKind::Missing {
                 key: missing,
-                table: "[pools.tls] (client_cert and client_key go together)".into(),
+                table: format!("[{table}] (client_cert and client_key go together)"),
             };
             d.at(header, kind);
             return None;
         }
     };
-    let cert_file = resolve("pools.tls.client_cert", cert, d)?;
-    let key_file = resolve("pools.tls.client_key", key, d)?;
+    let cert_file = resolve(&format!("{table}.client_cert"), cert, d)?;
+    let key_file = resolve(&format!("{table}.client_key"), key, d)?;
     let chain = tls_files::certificates(&cert_file)
         .map_err(|e| d.at(&cert.span(), e.into()))
         .ok()?;

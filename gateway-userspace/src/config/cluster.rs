@@ -51,11 +51,36 @@ pub struct PasswordSource {
     pub file: Option<PathBuf>,
 }
 
+/// `[cluster.tls]`: TLS to Redis, the server verified against a CA bundle (never optional),
+/// with the gateway's client certificate when Redis requires one (`tls-auth-clients yes`).
+#[derive(Clone, Debug)]
+pub struct ClusterTls(pub super::UpstreamTls);
+
+/// Two TLS settings are the same when they trust the same roots, check the same name and
+/// present the same certificate: a reload that changes any of them reconnects.
+impl PartialEq for ClusterTls {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.0, &other.0);
+        let identity = |t: &super::UpstreamTls| {
+            t.client_identity
+                .as_ref()
+                .map(|i| (i.chain.clone(), i.key.secret_der().to_vec()))
+        };
+        a.roots.roots == b.roots.roots
+            && a.server_name == b.server_name
+            && identity(a) == identity(b)
+    }
+}
+
+impl Eq for ClusterTls {}
+
 /// `[cluster]`, compiled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// `host:port`; a name is resolved at each connect.
     pub redis: String,
+    /// `None`: plain TCP.
+    pub tls: Option<ClusterTls>,
     /// The ACL user for `AUTH`; `None` authenticates as the default user.
     pub username: Option<String>,
     /// `None`: no `AUTH`.
@@ -88,6 +113,7 @@ impl ClusterConfig {
     pub fn new(redis: impl Into<String>) -> Self {
         Self {
             redis: redis.into(),
+            tls: None,
             username: None,
             password: None,
             key_prefix: Self::DEFAULT_KEY_PREFIX.into(),
@@ -117,6 +143,7 @@ pub(crate) struct RawCluster {
     pub rate_limits: Field<FailMode>,
     pub quotas: Field<FailMode>,
     pub bans: Field<FailMode>,
+    pub tls: Option<super::proxy_raw::RawPoolTls>,
 }
 
 impl RawCluster {
@@ -135,6 +162,9 @@ impl RawCluster {
             rate_limits: t.keyword("rate_limits", d),
             quotas: t.keyword("quotas", d),
             bans: t.keyword("bans", d),
+            tls: t
+                .table("tls", d)
+                .read_optional(d, super::proxy_raw::RawPoolTls::read),
         };
         t.finish(d);
         raw
@@ -267,8 +297,14 @@ pub(crate) fn compile(raw: Option<RawCluster>, d: &mut Diagnostics) -> Option<Cl
         );
     }
 
+    let tls = raw
+        .tls
+        .as_ref()
+        .and_then(|t| super::proxy_compile::upstream_tls(t, "cluster.tls", d))
+        .map(ClusterTls);
     let config = ClusterConfig {
         redis,
+        tls,
         username,
         password,
         key_prefix,

@@ -36,7 +36,7 @@ use std::path::Path;
 use toml::de::DeTable;
 
 pub use abuse::{AbuseConfig, AbuseKind, AbuseRule, Escalation};
-pub use cluster::{ClusterConfig, FailMode, PasswordSource};
+pub use cluster::{ClusterConfig, ClusterTls, FailMode, PasswordSource};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Location};
 pub use limits::{
     HeaderStyle, KeyPart, KeySpec, LimitScope, LimitsConfig, Period, QuotaSpec, QuotaTier,

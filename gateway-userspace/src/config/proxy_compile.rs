@@ -629,7 +629,7 @@ fn pools(raw: Vec<RawPool>, d: &mut Diagnostics) -> (Vec<PoolConfig>, Vec<Option
                 .unwrap_or_default(),
             balance: p.balance.value_or(Balance::default()),
             protocol: p.protocol.value_or(UpstreamProtocol::default()),
-            tls: p.tls.as_ref().and_then(|t| upstream_tls(t, d)),
+            tls: p.tls.as_ref().and_then(|t| upstream_tls(t, "pools.tls", d)),
             health: p.health.as_ref().map(|h| health(h, d)),
             passive: passive(p.passive.as_ref(), d),
             idle_timeout: idle_timeout.value_or(defaults::POOL_IDLE_TIMEOUT),
@@ -748,13 +748,19 @@ fn split_endpoint(s: &str) -> Result<(EndpointHost<'_>, u16), String> {
     }
 }
 
-fn upstream_tls(raw: &RawPoolTls, d: &mut Diagnostics) -> Option<UpstreamTls> {
+/// A `[pools.tls]` or `[cluster.tls]` table (`table` names it in errors): the CA bundle the
+/// server must chain to, the name to check, and the gateway's client certificate.
+pub(crate) fn upstream_tls(
+    raw: &RawPoolTls,
+    table: &str,
+    d: &mut Diagnostics,
+) -> Option<UpstreamTls> {
     let server_name = raw.server_name.present().and_then(|n| {
         match rustls_pki_types::ServerName::try_from(n.get_ref().as_str()) {
             Ok(_) => Some(n.get_ref().clone()),
             Err(_) => {
                 let kind = ErrorKind::ServerName {
-                    key: "pools.tls.server_name".into(),
+                    key: format!("{table}.server_name"),
                     value: n.get_ref().clone(),
                 };
                 d.at(&n.span(), kind);
@@ -763,7 +769,7 @@ fn upstream_tls(raw: &RawPoolTls, d: &mut Diagnostics) -> Option<UpstreamTls> {
         }
     });
     let ca = raw.ca.as_ref()?;
-    let ca_file = resolve("pools.tls.ca", ca, d)?;
+    let ca_file = resolve(&format!("{table}.ca"), ca, d)?;
     let roots = tls_files::root_store(&ca_file)
         .map_err(|e| d.at(&ca.span(), e.into()))
         .ok()?;
@@ -775,6 +781,7 @@ fn upstream_tls(raw: &RawPoolTls, d: &mut Diagnostics) -> Option<UpstreamTls> {
             &raw.client_cert,
             &raw.client_key,
             &raw.header,
+            table,
             d,
         ),
     })

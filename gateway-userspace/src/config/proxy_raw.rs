@@ -248,7 +248,7 @@ pub(crate) struct RawPoolTls {
 }
 
 impl RawPoolTls {
-    fn read(mut t: Table, d: &mut Diagnostics) -> Self {
+    pub(crate) fn read(mut t: Table, d: &mut Diagnostics) -> Self {
         let raw = Self {
             header: t.span().clone(),
             ca: t.required("ca", d),

@@ -199,8 +199,11 @@ struct ConfigFile {
 #[schemars(deny_unknown_fields)]
 struct Cluster {
     /// Redis as "host:port", "203.0.113.5:6379" or "[2001:db8::5]:6379"; a name is resolved at
-    /// each connect. Plain TCP (no TLS).
+    /// each connect. Plain TCP unless [cluster.tls] is given.
     redis: String,
+    /// TLS to Redis: the CA bundle its certificate must chain to, the name to check (default:
+    /// the host of redis), and a client certificate for `tls-auth-clients yes`.
+    tls: Option<PoolTls>,
     /// The ACL user to authenticate as (Redis 6 and later); needs a password.
     username: Option<String>,
     /// An environment variable holding the password. Wins over password_file when set.
