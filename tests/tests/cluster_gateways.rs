@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_tests::backend::{Backend, Proto};
-use portcullis_tests::daemon::Daemon;
+use portcullis_tests::daemon::{Daemon, http_raw};
 use portcullis_tests::portcullis_bin;
 use portcullis_tests::redis::{Redis, redis_server};
 
@@ -99,25 +99,10 @@ reconnect_backoff_max = "200ms"
 /// One GET over a fresh connection: (status, body); status 0 when the gateway closed the
 /// connection without an answer (a userspace ban may do that).
 fn get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    if write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    http_raw(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"),
     )
-    .is_err()
-    {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
 }
 
 fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use portcullis_tests::backend::{Backend, Proto};
-use portcullis_tests::daemon::{Daemon, wait_for};
+use portcullis_tests::daemon::{Daemon, http_raw, wait_for};
 use portcullis_tests::portcullis_bin;
 
 fn free_port() -> u16 {
@@ -60,20 +60,12 @@ format = "json"
 
 /// A minimal HTTP/1.1 exchange: returns (status, body).
 fn http(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    http_raw(
+        port,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+        ),
     )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
 }
 
 fn ready(admin: u16) -> bool {
@@ -424,27 +416,13 @@ api_key = true
 
 /// One request with a body to the admin endpoint: (status, body).
 fn admin_send(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    admin_raw(
+    http_raw(
         port,
         &format!(
             "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         ),
     )
-}
-
-/// Sends `request` as it is (one write) to the admin endpoint: (status, body).
-fn admin_raw(port: u16, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
 }
 
 /// `portcullis ban add|list|rm --admin` against a gateway without the kernel program: the ban
@@ -531,7 +509,7 @@ async fn ban_add_list_rm_through_the_admin_endpoint() {
         }
         // An announced body over the limit is refused before it is read.
         let huge = "POST /bans HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 100000\r\n\r\n";
-        assert_eq!(admin_raw(admin, huge).0, 413);
+        assert_eq!(http_raw(admin, huge).0, 413);
 
         let out = cli(&["ban", "rm", "127.0.0.1"]);
         assert!(out.status.success(), "{out:?}");
