@@ -375,18 +375,14 @@ pub fn referenced_files(cfg: &Config) -> Vec<PathBuf> {
     if let Some(keys) = &proxy.api_keys {
         files.push(keys.file.clone());
     }
-    files.extend(
-        proxy
-            .routes
-            .iter()
-            .filter_map(|r| Some(r.validation.as_ref()?.file.clone())),
-    );
-    files.extend(
-        proxy
-            .routes
-            .iter()
-            .filter_map(|r| Some(r.response.as_ref()?.body.as_ref()?.file.clone())),
-    );
+    for route in &proxy.routes {
+        let request = route.validation.as_ref().map(|v| &v.file);
+        let response = route
+            .response
+            .as_ref()
+            .and_then(|r| Some(&r.body.as_ref()?.file));
+        files.extend(request.into_iter().chain(response).cloned());
+    }
     files.sort();
     files.dedup();
     files

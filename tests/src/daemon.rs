@@ -17,7 +17,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `portcullis run -c <config>`.
     pub fn start(config: &Path) -> Self {
-        let mut child = Command::new(portcullis_bin())
+        Self::spawn(Command::new(portcullis_bin()), config)
+    }
+
+    /// Starts `portcullis run -c <config>` through `cmd`, whose program is (or execs)
+    /// `portcullis`: [`Netns::command`](crate::netns::Netns::command) runs it in a namespace.
+    pub fn spawn(mut cmd: Command, config: &Path) -> Self {
+        let mut child = cmd
             .args(["run", "-c"])
             .arg(config)
             .stdout(Stdio::null())
@@ -40,6 +46,11 @@ impl Daemon {
     /// The log lines so far.
     pub fn log(&self) -> Vec<String> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The log so far as one text, for assertion messages.
+    pub fn log_text(&self) -> String {
+        self.log().join("\n")
     }
 
     /// SIGTERM (a graceful stop) and the exit status.
@@ -91,4 +102,28 @@ pub fn http_raw(port: u16, request: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_string());
     (status, body)
+}
+
+/// The head of a config for `portcullis run` on loopback: no kernel layer, the admin endpoint
+/// on `admin`, one plain-HTTP listener `web` on `listen`, and a pool `app` of `backend`. Routes
+/// and the rest follow.
+pub fn loopback_head(listen: u16, admin: u16, backend: std::net::SocketAddr) -> String {
+    format!(
+        r#"[kernel]
+enabled = false
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:{listen}"
+protocol = "http"
+http_mode = "serve"
+
+[[pools]]
+name = "app"
+endpoints = ["{backend}"]
+"#
+    )
 }

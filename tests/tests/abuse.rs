@@ -7,14 +7,12 @@
 //! the admin endpoint (`portcullis ban add --admin`) goes into the kernel map and is dropped by
 //! XDP until `ban rm --admin` lifts it; one that would reach a trusted proxy is refused.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis::kernel::{BanReason, Bans, Counters, PinLayout};
+use portcullis_tests::daemon::Daemon;
 use portcullis_tests::netns::{GATEWAY_V4, Link, Netns};
 use portcullis_tests::pins::PinRoot;
 use portcullis_tests::{portcullis_bin, require_privileges};
@@ -31,45 +29,6 @@ const BAN: Duration = Duration::from_secs(3);
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// `portcullis run` in the gateway namespace; killed on drop, its stderr collected.
-struct Gateway {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Gateway {
-    fn start(ns: &Netns, config: &Path) -> Self {
-        let mut child = ns
-            .command(portcullis_bin())
-            .args(["run", "-c"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start portcullis");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One HTTP/1.1 exchange from `src` (an address of `ns`) to `dst`: the status, or `None` when
@@ -220,7 +179,7 @@ escalation = "none"
     cfg
 }
 
-fn wait_for(what: &str, gateway: &Gateway, mut cond: impl FnMut() -> bool) {
+fn wait_for(what: &str, gateway: &Daemon, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if cond() {
@@ -230,14 +189,14 @@ fn wait_for(what: &str, gateway: &Gateway, mut cond: impl FnMut() -> bool) {
     }
     panic!(
         "timed out waiting for {what}; gateway log:\n{}",
-        gateway.log()
+        gateway.log_text()
     );
 }
 
 /// A gateway with XDP on the gateway end of a veth pair whose client side holds CLIENT and
 /// PROXY, ready. Fields drop in order: the gateway first, then the namespaces, then the pins.
 struct KernelGateway {
-    gateway: Gateway,
+    gateway: Daemon,
     _dir: tempfile::TempDir,
     link: Link,
     pins: PinRoot,
@@ -261,7 +220,7 @@ impl KernelGateway {
             ADMIN_PORT,
             PROXY,
         );
-        let gateway = Gateway::start(&link.gateway, &cfg);
+        let gateway = Daemon::spawn(link.gateway.command(portcullis_bin()), &cfg);
         wait_for("readiness", &gateway, || {
             admin(&link, "/ready").is_some_and(|(s, _)| s == 200)
         });
@@ -359,7 +318,7 @@ fn bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires() {
     let banned_after = banned_after.unwrap_or_else(|| {
         panic!(
             "no kernel ban for {CLIENT}; gateway log:\n{}",
-            gateway.log()
+            gateway.log_text()
         )
     });
     eprintln!("kernel ban visible {banned_after:?} after the offending response");
@@ -414,7 +373,7 @@ fn bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires() {
             .contains("portcullis_abuse_bans_total{rule=\"auth_failure\",action=\"userspace\"} 1"),
         "{metrics}"
     );
-    let log = gateway.log();
+    let log = gateway.log_text();
     let written = log
         .lines()
         .find(|l| l.contains("\"abuse_ban_in_kernel\""))
@@ -441,7 +400,7 @@ fn bad_keys_get_the_client_dropped_by_xdp_until_the_ban_expires() {
     let (status, _) = answered.unwrap_or_else(|| {
         panic!(
             "access did not return after the ban; log:\n{}",
-            gateway.log()
+            gateway.log_text()
         )
     });
     assert_eq!(status, 502, "a good key passes; the backend is absent");
@@ -517,7 +476,7 @@ fn manual_network_ban_through_the_admin_endpoint_is_a_kernel_ban() {
         "{out:?}"
     );
     assert_eq!(kernel_ban(pins.path(), CLIENT), None);
-    assert_eq!(send(), Some(401), "served again:\n{}", gateway.log());
+    assert_eq!(send(), Some(401), "served again:\n{}", gateway.log_text());
 }
 
 fn free_port() -> u16 {
@@ -542,22 +501,7 @@ fn without_the_kernel_every_ban_is_a_userspace_ban() {
         admin_port,
         "127.0.0.2",
     );
-    let mut child = std::process::Command::new(portcullis_bin())
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start portcullis");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("stderr");
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let gateway = Gateway { child, lines };
+    let gateway = Daemon::start(&cfg);
     let target = SocketAddr::from(([127, 0, 0, 1], listen));
     let admin = |path: &str| {
         exchange_here(
@@ -604,7 +548,7 @@ fn without_the_kernel_every_ban_is_a_userspace_ban() {
     assert!(!bans.contains("198.51.100.66"), "{bans}");
     assert!(!bans.contains("127.0.0.2/"), "{bans}");
     assert!(!bans.contains("\"kernel\""), "{bans}");
-    let log = gateway.log();
+    let log = gateway.log_text();
     assert!(log.contains("\"abuse_ban\""), "{log}");
     assert!(log.contains("\"enforcement\":\"userspace\""), "{log}");
 

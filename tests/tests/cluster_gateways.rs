@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_tests::backend::{Backend, Proto};
-use portcullis_tests::daemon::{Daemon, http_raw};
+use portcullis_tests::daemon::{Daemon, http_raw, loopback_head};
 use portcullis_tests::portcullis_bin;
 use portcullis_tests::redis::{Redis, redis_server};
 
@@ -40,25 +40,11 @@ impl Gateway {
         let (listen, admin) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("portcullis.toml");
+        let head = loopback_head(listen, admin, backend);
         std::fs::write(
             &cfg,
             format!(
-                r#"[kernel]
-enabled = false
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:{listen}"
-protocol = "http"
-http_mode = "serve"
-
-[[pools]]
-name = "app"
-endpoints = ["{backend}"]
-
+                r#"{head}
 [[routes]]
 name = "app"
 path = "/v1"

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use portcullis_tests::backend::{Backend, Proto};
-use portcullis_tests::daemon::{Daemon, http_raw, wait_for};
+use portcullis_tests::daemon::{Daemon, http_raw, loopback_head, wait_for};
 use portcullis_tests::portcullis_bin;
 
 fn free_port() -> u16 {
@@ -223,22 +223,7 @@ async fn api_key_file_change_reloads() {
     std::fs::write(
         &cfg,
         format!(
-            r#"[kernel]
-enabled = false
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:{listen}"
-protocol = "http"
-http_mode = "serve"
-
-[[pools]]
-name = "app"
-endpoints = ["{backend}"]
-
+            r#"{head}
 [api_keys]
 file = "keys.toml"
 
@@ -256,7 +241,7 @@ enabled = false
 [log]
 format = "json"
 "#,
-            backend = backend.addr
+            head = loopback_head(listen, admin, backend.addr)
         ),
     )
     .unwrap();
@@ -338,22 +323,7 @@ async fn limits_show_reports_a_keys_remaining_budget() {
     std::fs::write(
         &cfg,
         format!(
-            r#"[kernel]
-enabled = false
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[listeners]]
-name = "web"
-bind = "127.0.0.1:{listen}"
-protocol = "http"
-http_mode = "serve"
-
-[[pools]]
-name = "app"
-endpoints = ["{backend}"]
-
+            r#"{head}
 [api_keys]
 file = "keys.toml"
 
@@ -377,7 +347,7 @@ path = "/v1"
 pool = "app"
 api_key = true
 "#,
-            backend = backend.addr
+            head = loopback_head(listen, admin, backend.addr)
         ),
     )
     .unwrap();

@@ -56,8 +56,8 @@ use serde_json::json;
 use tokio_rustls::TlsConnector;
 
 use crate::bench_util::{
-    Handler, LoopbackServer, Proc, envoy_binary, free_ports, install_tools, loadavg, loopback,
-    versions,
+    Handler, LoopbackServer, Proc, Sample, envoy_binary, free_ports, install_tools, loadavg,
+    loopback, median, versions,
 };
 
 /// Connections of the load generator, each with one request in flight.
@@ -229,25 +229,8 @@ struct Target {
     mtls: Result<SocketAddr, String>,
 }
 
-/// What one measurement gave.
-#[derive(Clone, Copy)]
-pub(crate) struct Sample {
-    /// Successful (200) responses per second over the measured time.
-    pub(crate) rps: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    /// Transport errors, timeouts and responses other than 200.
-    pub(crate) errors: u64,
-}
-
 /// The runs of one scenario against one target, or why it was not measured.
 type Cell = Result<Vec<Sample>, String>;
-
-fn median(runs: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
-    let mut xs: Vec<f64> = runs.iter().map(f).collect();
-    xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Entry

@@ -37,8 +37,10 @@ use portcullis_tests::pki::TestPki;
 use portcullis_tests::redis::{Redis, redis_server};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::bench_auth::{MEASURE, Sample, Spec, Values, WARM_UP, client_tls, load};
-use crate::bench_util::{LoopbackServer, Proc, free_ports, http_status, loadavg, loopback};
+use crate::bench_auth::{MEASURE, Spec, Values, WARM_UP, client_tls, load};
+use crate::bench_util::{
+    LoopbackServer, Proc, Sample, free_ports, http_status, loadavg, loopback, median,
+};
 
 const LOCAL_ITERATIONS: usize = 2_000_000;
 /// Distinct keys of the many-keys row: far more than any cache line set, fewer than the cap.
@@ -715,11 +717,6 @@ fn pct(xs: &[f64], p: f64) -> f64 {
     }
     let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
-}
-
-fn median(xs: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
-    let v: Vec<f64> = xs.iter().map(f).collect();
-    pct(&v, 0.5)
 }
 
 fn machine(

@@ -25,11 +25,11 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use portcullis_tests::pki::TestPki;
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
@@ -37,8 +37,8 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
 use crate::bench_util::{
-    HELLO, LoopbackServer, Proc, envoy_binary, free_ports, install_tools, loadavg, loopback,
-    rss_kib, versions,
+    HELLO, LoopbackServer, Proc, Runs, Sample, envoy_binary, free_ports, install_tools, loadavg,
+    loopback, rss_kib, versions,
 };
 
 /// HTTP/1.1: keep-alive connections, one request in flight on each.
@@ -86,42 +86,6 @@ impl Proto {
 struct Target {
     name: &'static str,
     url: String,
-}
-
-/// What one oha run measured.
-#[derive(Clone, Copy)]
-struct Sample {
-    /// Successful (200) responses per second.
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    /// Transport errors plus responses other than 200.
-    errors: u64,
-}
-
-/// The median of each figure over the runs of one target and protocol; errors are summed.
-struct Summary {
-    runs: Vec<Sample>,
-}
-
-impl Summary {
-    fn median(&self, f: impl Fn(&Sample) -> f64) -> f64 {
-        let mut xs: Vec<f64> = self.runs.iter().map(f).collect();
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    }
-    fn rps(&self) -> f64 {
-        self.median(|s| s.rps)
-    }
-    fn p50(&self) -> f64 {
-        self.median(|s| s.p50_ms)
-    }
-    fn p99(&self) -> f64 {
-        self.median(|s| s.p99_ms)
-    }
-    fn errors(&self) -> u64 {
-        self.runs.iter().map(|s| s.errors).sum()
-    }
 }
 
 /// Memory of one proxy over the run, KiB.
@@ -548,16 +512,11 @@ fn load_all(
     targets: &[Target],
     ca: &Path,
     procs: &mut [&mut Proc],
-) -> anyhow::Result<Vec<Vec<Summary>>> {
+) -> anyhow::Result<Vec<Vec<Runs>>> {
     let protos = [Proto::H1, Proto::H2];
-    let mut results: Vec<Vec<Summary>> = protos
+    let mut results: Vec<Vec<Runs>> = protos
         .iter()
-        .map(|_| {
-            targets
-                .iter()
-                .map(|_| Summary { runs: Vec::new() })
-                .collect()
-        })
+        .map(|_| targets.iter().map(|_| Runs::default()).collect())
         .collect();
     for run in 1..=RUNS {
         for (pi, &proto) in protos.iter().enumerate() {
@@ -583,74 +542,23 @@ fn load_all(
     Ok(results)
 }
 
-/// One oha run against `target`, keep-alive, for `duration`. `-w` waits for the requests in
-/// flight at the deadline instead of counting them as errors.
+/// One oha run against `target`, keep-alive, for `duration`.
 fn oha(target: &Target, proto: Proto, duration: &str, ca: &Path) -> anyhow::Result<Sample> {
-    let mut cmd = Command::new("oha");
-    cmd.arg(&target.url)
-        .args(["-z", duration, "-w", "--no-tui", "--output-format", "json"])
-        .args(["--worker-threads", &WORKERS.to_string()])
-        .arg("--cacert")
-        .arg(ca);
-    match proto {
-        Proto::H1 => cmd.args(["-c", &H1_CONNECTIONS.to_string()]),
-        Proto::H2 => cmd.args([
-            "--http2",
-            "-c",
-            &H2_CONNECTIONS.to_string(),
-            "-p",
-            &H2_STREAMS.to_string(),
-        ]),
-    };
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .context("running oha (installed by `xtask/setup.sh --bench` into ~/.cargo/bin)")?;
-    if !out.status.success() {
-        bail!(
-            "oha against {} failed ({}): {}",
-            target.name,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    parse_oha(&out.stdout).with_context(|| format!("reading oha's output for {}", target.name))
-}
-
-/// oha's JSON: `summary.total` (s), `metrics.latency_ms.{p50,p99}`, the status code and error
-/// distributions.
-fn parse_oha(json: &[u8]) -> anyhow::Result<Sample> {
-    let v: serde_json::Value = serde_json::from_slice(json)?;
-    let total = v["summary"]["total"].as_f64().context("summary.total")?;
-    let count = |key: &str| -> Vec<(String, u64)> {
-        v[key]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let statuses = count("statusCodeDistribution");
-    let ok: u64 = statuses
-        .iter()
-        .filter(|(k, _)| k == "200")
-        .map(|(_, n)| n)
-        .sum();
-    let other: u64 = statuses
-        .iter()
-        .filter(|(k, _)| k != "200")
-        .map(|(_, n)| n)
-        .sum();
-    let transport: u64 = count("errorDistribution").iter().map(|(_, n)| n).sum();
-    let latency = &v["metrics"]["latency_ms"];
-    Ok(Sample {
-        rps: if total > 0.0 { ok as f64 / total } else { 0.0 },
-        // With no successful response oha reports no latency; NaN shows that in the table.
-        p50_ms: latency["p50"].as_f64().unwrap_or(f64::NAN),
-        p99_ms: latency["p99"].as_f64().unwrap_or(f64::NAN),
-        errors: other + transport,
+    crate::bench_util::oha(&target.url, |cmd| {
+        cmd.args(["-z", duration])
+            .args(["--worker-threads", &WORKERS.to_string()])
+            .arg("--cacert")
+            .arg(ca);
+        match proto {
+            Proto::H1 => cmd.args(["-c", &H1_CONNECTIONS.to_string()]),
+            Proto::H2 => cmd.args([
+                "--http2",
+                "-c",
+                &H2_CONNECTIONS.to_string(),
+                "-p",
+                &H2_STREAMS.to_string(),
+            ]),
+        };
     })
 }
 
@@ -659,7 +567,7 @@ fn parse_oha(json: &[u8]) -> anyhow::Result<Sample> {
 
 fn report(
     targets: &[Target],
-    results: &[Vec<Summary>],
+    results: &[Vec<Runs>],
     memory: &[Memory],
     versions: &[(&'static str, String)],
 ) -> anyhow::Result<String> {

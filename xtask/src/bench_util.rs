@@ -354,3 +354,99 @@ pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect::<Result<_, _>>()?;
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Load runs
+
+/// What one load run measured.
+#[derive(Clone, Copy)]
+pub(crate) struct Sample {
+    /// Successful (200) responses per second over the measured time.
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// Transport errors, timeouts and responses other than 200.
+    pub(crate) errors: u64,
+}
+
+/// The median of `xs` (the upper one of an even count; NaN for none).
+pub(crate) fn median_of(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The median of one figure over `runs`.
+pub(crate) fn median(runs: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    median_of(runs.iter().map(f).collect())
+}
+
+/// The runs of one cell of a table (a target and protocol, a route and body): the median of
+/// each figure, the errors summed.
+#[derive(Default)]
+pub(crate) struct Runs {
+    pub(crate) runs: Vec<Sample>,
+}
+
+impl Runs {
+    pub(crate) fn rps(&self) -> f64 {
+        median(&self.runs, |s| s.rps)
+    }
+    pub(crate) fn p50(&self) -> f64 {
+        median(&self.runs, |s| s.p50_ms)
+    }
+    pub(crate) fn p99(&self) -> f64 {
+        median(&self.runs, |s| s.p99_ms)
+    }
+    pub(crate) fn errors(&self) -> u64 {
+        self.runs.iter().map(|s| s.errors).sum()
+    }
+}
+
+/// One oha run against `url` with the load options `configure` adds (connections, duration,
+/// method, body, ...). `-w` waits for the requests in flight at the deadline instead of
+/// counting them as errors.
+pub(crate) fn oha(url: &str, configure: impl FnOnce(&mut Command)) -> anyhow::Result<Sample> {
+    let mut cmd = Command::new("oha");
+    cmd.arg(url)
+        .args(["-w", "--no-tui", "--output-format", "json"]);
+    configure(&mut cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running oha (installed by `xtask/setup.sh --bench` into ~/.cargo/bin)")?;
+    if !out.status.success() {
+        bail!(
+            "oha against {url} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_oha(&out.stdout).with_context(|| format!("reading oha's output for {url}"))
+}
+
+/// oha's JSON: `summary.total` (s), `metrics.latency_ms.{p50,p99}`, the status code and error
+/// distributions.
+fn parse_oha(json: &[u8]) -> anyhow::Result<Sample> {
+    let v: serde_json::Value = serde_json::from_slice(json)?;
+    let total = v["summary"]["total"].as_f64().context("summary.total")?;
+    let count = |key: &str, ok: bool| -> u64 {
+        v[key].as_object().map_or(0, |m| {
+            m.iter()
+                .filter(|(k, _)| (k.as_str() == "200") == ok)
+                .map(|(_, n)| n.as_u64().unwrap_or(0))
+                .sum()
+        })
+    };
+    let ok = count("statusCodeDistribution", true);
+    let other = count("statusCodeDistribution", false);
+    // Error names are never "200": every entry counts.
+    let transport = count("errorDistribution", false);
+    let latency = &v["metrics"]["latency_ms"];
+    Ok(Sample {
+        rps: if total > 0.0 { ok as f64 / total } else { 0.0 },
+        // With no successful response oha reports no latency; NaN shows that in the table.
+        p50_ms: latency["p50"].as_f64().unwrap_or(f64::NAN),
+        p99_ms: latency["p99"].as_f64().unwrap_or(f64::NAN),
+        errors: other + transport,
+    })
+}

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,9 @@ use anyhow::{Context as _, bail};
 use portcullis::validation::openapi::{self, Dialect};
 use portcullis::validation::{BodyRule, Schema};
 
-use crate::bench_util::{LoopbackServer, Proc, free_ports, install_tools, loadavg, loopback};
+use crate::bench_util::{
+    LoopbackServer, Proc, Runs, Sample, free_ports, install_tools, loadavg, loopback, median_of,
+};
 
 /// HTTP/1.1 keep-alive connections, one request in flight on each (as in the proxy section).
 const CONNECTIONS: usize = 64;
@@ -105,43 +107,6 @@ struct Micro {
     check_ns: f64,
 }
 
-/// What one oha run measured.
-#[derive(Clone, Copy)]
-struct Sample {
-    /// Successful (200) responses per second.
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    /// Transport errors plus responses other than 200.
-    errors: u64,
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-/// The runs of one body size on one route.
-#[derive(Default)]
-struct Cell {
-    runs: Vec<Sample>,
-}
-
-impl Cell {
-    fn rps(&self) -> f64 {
-        median(self.runs.iter().map(|s| s.rps).collect())
-    }
-    fn p50(&self) -> f64 {
-        median(self.runs.iter().map(|s| s.p50_ms).collect())
-    }
-    fn p99(&self) -> f64 {
-        median(self.runs.iter().map(|s| s.p99_ms).collect())
-    }
-    fn errors(&self) -> u64 {
-        self.runs.iter().map(|s| s.errors).sum()
-    }
-}
-
 const ROUTES: [&str; 2] = ["validated", "plain"];
 
 /// `cargo xtask bench validation`: the section alone, written to `target/bench/validation.md`.
@@ -212,7 +177,7 @@ pub(crate) fn section(portcullis_bin: &Path) -> anyhow::Result<String> {
 
     let load_before = loadavg();
     // [body][route], every cell measured once per run, interleaved so drift hits all alike.
-    let mut cells: Vec<[Cell; 2]> = bodies.iter().map(|_| Default::default()).collect();
+    let mut cells: Vec<[Runs; 2]> = bodies.iter().map(|_| Default::default()).collect();
     for run in 1..=RUNS {
         for (bi, body) in bodies.iter().enumerate() {
             for (ri, route) in ROUTES.iter().enumerate() {
@@ -323,7 +288,7 @@ fn time_per_call(mut f: impl FnMut() -> bool) -> anyhow::Result<f64> {
     for _ in 0..MICRO_BATCHES {
         samples.push(calls(batch)?.as_nanos() as f64 / batch as f64);
     }
-    Ok(median(samples))
+    Ok(median_of(samples))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,55 +417,16 @@ fn post(addr: SocketAddr, path: &str, body: &[u8]) -> anyhow::Result<(u16, Strin
 // ---------------------------------------------------------------------------------------------
 // Load
 
-/// One oha run: POST `body` as application/json to `url` for `duration`, keep-alive. `-w`
-/// waits for the requests in flight at the deadline instead of counting them as errors; `-t`
-/// bounds each of them.
+/// One oha run: POST `body` as application/json to `url` for `duration`, keep-alive; `-t`
+/// bounds each request.
 fn oha(url: &str, body: &Path, duration: &str) -> anyhow::Result<Sample> {
-    let out = Command::new("oha")
-        .arg(url)
-        .args(["-z", duration, "-w", "--no-tui", "--output-format", "json"])
-        .args(["--worker-threads", &WORKERS.to_string()])
-        .args(["-c", &CONNECTIONS.to_string()])
-        .args(["-t", REQUEST_TIMEOUT])
-        .args(["-m", "POST", "-T", "application/json", "-D"])
-        .arg(body)
-        .stdin(Stdio::null())
-        .output()
-        .context("running oha (installed by `xtask/setup.sh --bench` into ~/.cargo/bin)")?;
-    if !out.status.success() {
-        bail!(
-            "oha against {url} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    parse_oha(&out.stdout).with_context(|| format!("reading oha's output for {url}"))
-}
-
-/// oha's JSON: `summary.total` (s), `metrics.latency_ms.{p50,p99}`, the status code and error
-/// distributions.
-fn parse_oha(json: &[u8]) -> anyhow::Result<Sample> {
-    let v: serde_json::Value = serde_json::from_slice(json)?;
-    let total = v["summary"]["total"].as_f64().context("summary.total")?;
-    let count = |key: &str, ok: bool| -> u64 {
-        v[key].as_object().map_or(0, |m| {
-            m.iter()
-                .filter(|(k, _)| (k.as_str() == "200") == ok)
-                .map(|(_, n)| n.as_u64().unwrap_or(0))
-                .sum()
-        })
-    };
-    let ok = count("statusCodeDistribution", true);
-    let other = count("statusCodeDistribution", false);
-    // Error names are never "200": every entry counts.
-    let transport = count("errorDistribution", false);
-    let latency = &v["metrics"]["latency_ms"];
-    Ok(Sample {
-        rps: if total > 0.0 { ok as f64 / total } else { 0.0 },
-        // With no successful response oha reports no latency; NaN shows that in the table.
-        p50_ms: latency["p50"].as_f64().unwrap_or(f64::NAN),
-        p99_ms: latency["p99"].as_f64().unwrap_or(f64::NAN),
-        errors: other + transport,
+    crate::bench_util::oha(url, |cmd| {
+        cmd.args(["-z", duration])
+            .args(["--worker-threads", &WORKERS.to_string()])
+            .args(["-c", &CONNECTIONS.to_string()])
+            .args(["-t", REQUEST_TIMEOUT])
+            .args(["-m", "POST", "-T", "application/json", "-D"])
+            .arg(body);
     })
 }
 
@@ -510,7 +436,7 @@ fn parse_oha(json: &[u8]) -> anyhow::Result<Sample> {
 fn report(
     bodies: &[Body],
     micro: &[Micro],
-    cells: &[[Cell; 2]],
+    cells: &[[Runs; 2]],
     load_before: &str,
     load_after: &str,
 ) -> anyhow::Result<String> {

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
 use toml::Spanned;
 
 use super::compile::resolve;
@@ -61,11 +62,11 @@ pub struct ClusterTls(pub super::UpstreamTls);
 impl PartialEq for ClusterTls {
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (&self.0, &other.0);
-        let identity = |t: &super::UpstreamTls| {
+        fn identity(t: &super::UpstreamTls) -> Option<(&[CertificateDer<'static>], &[u8])> {
             t.client_identity
                 .as_ref()
-                .map(|i| (i.chain.clone(), i.key.secret_der().to_vec()))
-        };
+                .map(|i| (i.chain.as_slice(), i.key.secret_der()))
+        }
         a.roots.roots == b.roots.roots
             && a.server_name == b.server_name
             && identity(a) == identity(b)
